@@ -1,0 +1,78 @@
+"""HiPrune settings: one dataclass, validated in one place, with the spec's arithmetic."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from hiprune.errors import ConfigError
+
+Neighbors = Literal["paper", "grid"]
+NEIGHBOR_MODES: tuple[str, ...] = ("paper", "grid")
+DEFAULT_ALPHA = 0.1
+
+
+def anchor_count(keep: int, alpha: float) -> int:
+    """Number of anchor tokens, ``round(K * alpha / 5)`` with Python's (banker's) rounding, as the paper's code."""
+    return round(keep * alpha / 5)
+
+
+@dataclasses.dataclass(frozen=True)
+class HiPruneConfig:
+    """What the selection keeps.
+
+    Attributes:
+        keep: the token budget K per image.
+        alpha: share of the budget spent on anchors and their buffers (anchors = round(K * alpha / 5)).
+        object_layer: 1-based ViT layer whose attention picks anchors; ``None`` means the encoder's default.
+        neighbors: ``paper`` (flat-index neighbours with the reference code's wrap/clamp) or ``grid`` (true 2-D).
+        prune: ``False`` exports the same truncated encoder + projector keeping every token (the baseline).
+    """
+
+    keep: int = 64
+    alpha: float = DEFAULT_ALPHA
+    object_layer: int | None = None
+    neighbors: Neighbors = "paper"
+    prune: bool = True
+
+    @property
+    def anchors(self) -> int:
+        return anchor_count(self.keep, self.alpha)
+
+    def validate_static(self) -> None:
+        """Checks that need no model: alpha's range, the neighbour mode, the anchor set fitting in K."""
+        if self.neighbors not in NEIGHBOR_MODES:
+            raise ConfigError(f"--neighbors {self.neighbors!r} is not known; use one of: {', '.join(NEIGHBOR_MODES)}")
+        if not self.prune:
+            return
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ConfigError(f"--alpha {self.alpha} is outside [0, 1]; pass a share of the budget such as 0.1")
+        if self.keep < 1:
+            raise ConfigError(f"--keep {self.keep} must be at least 1; pass the number of visual tokens to keep")
+        a = self.anchors
+        if 5 * a > self.keep:
+            raise ConfigError(
+                f"--keep {self.keep} is too small for alpha {self.alpha}: anchors a = round(K*alpha/5) = {a} "
+                f"and their buffers need up to 5a = {5 * a} tokens; raise --keep to at least {5 * a} or lower --alpha"
+            )
+
+    def validate_for(self, num_tokens: int) -> None:
+        """All checks, against an encoder with ``num_tokens`` patch tokens (N)."""
+        self.validate_static()
+        if self.prune and self.keep > num_tokens:
+            raise ConfigError(
+                f"--keep {self.keep} is more than the encoder's N = {num_tokens} patch tokens "
+                f"(alpha {self.alpha}, anchors a = {self.anchors}); pass --keep between 1 and {num_tokens}, "
+                "or --no-prune to keep them all"
+            )
+
+    def as_metadata(self) -> dict[str, str]:
+        """The settings as flat strings, for ONNX metadata_props and manifests."""
+        return {
+            "hiprune.prune": str(self.prune).lower(),
+            "hiprune.keep": str(self.keep),
+            "hiprune.alpha": repr(self.alpha),
+            "hiprune.anchors": str(self.anchors),
+            "hiprune.object_layer": str(self.object_layer),
+            "hiprune.neighbors": self.neighbors,
+        }

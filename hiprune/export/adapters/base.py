@@ -1,0 +1,106 @@
+"""The encoder-family seam: one adapter per VLM family (LLaVA-1.5 CLIP today; NeXT, Qwen2.5-VL, SigLIP later).
+
+An adapter knows three things about its family: the geometry (:class:`EncoderSpec`), which checkpoint tensors
+it needs and under which module names, and how to build the vision trunk and projector from them. Everything
+downstream (the select op, the gather, export, targets) works on the adapter's output and never on the family.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Mapping
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderSpec:
+    """Geometry of an encoder as HiPrune sees it.
+
+    Attributes:
+        family: adapter name.
+        image_size: (H, W) of ``pixel_values``.
+        num_layers: layers in the checkpoint's tower.
+        deep_layer: 1-based layer whose output is the feature layer; its attention gives the register score.
+        default_object_layer: 1-based layer whose attention picks anchors when none is given.
+        grid: (rows, cols) of the patch grid; N = rows * cols.
+        feature_dim: width of the features fed to the projector.
+        embed_dim: width of the projector's output (the LLM's embedding size).
+    """
+
+    family: str
+    image_size: tuple[int, int]
+    num_layers: int
+    deep_layer: int
+    default_object_layer: int
+    grid: tuple[int, int]
+    feature_dim: int
+    embed_dim: int
+
+    @property
+    def num_tokens(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+
+class VisionTrunk(nn.Module, abc.ABC):
+    """The tower cut after the feature layer, returning features and the scores of the requested layers."""
+
+    score_layers: tuple[int, ...]
+
+    @abc.abstractmethod
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """(B, 3, H, W) → features (B, N, C) and one (B, N) received-attention score per ``score_layers`` entry."""
+
+
+class EncoderAdapter(abc.ABC):
+    """One VLM family. Subclasses set ``name``/``description`` and implement the four members below."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+
+    def __init__(self, config: object) -> None:
+        self.config = config
+        self.spec = self.read_spec()
+
+    @classmethod
+    @abc.abstractmethod
+    def matches(cls, config: object) -> bool:
+        """Whether this adapter handles a checkpoint with this transformers config."""
+
+    @abc.abstractmethod
+    def read_spec(self) -> EncoderSpec:
+        """Geometry from the config; raises :class:`~hiprune.errors.CheckpointError` on what it cannot serve."""
+
+    @abc.abstractmethod
+    def module_name(self, checkpoint_name: str) -> str | None:
+        """Module-side name of a checkpoint tensor the encoder needs, ``None`` for every other tensor."""
+
+    @abc.abstractmethod
+    def build(
+        self, tensors: Mapping[str, torch.Tensor] | None, score_layers: tuple[int, ...], seed: int = 0
+    ) -> tuple[VisionTrunk, nn.Module]:
+        """Trunk and projector with ``tensors`` loaded, or random weights (seeded) when ``tensors`` is None."""
+
+
+def random_init_(module: nn.Module, seed: int, std: float = 0.02) -> None:
+    """Fills a module built on the meta device with seeded random weights: N(0, std) matrices, zero biases,
+    unit norm scales. Used for the default architecture and tests; fast even at CLIP-L size."""
+    generator = torch.Generator().manual_seed(seed)
+    module.to_empty(device="cpu")
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            leaf = name.rsplit(".", 1)[-1]
+            if isinstance(_owner(module, name), nn.LayerNorm):
+                param.fill_(1.0 if leaf == "weight" else 0.0)
+            elif leaf == "bias":
+                param.zero_()
+            else:
+                param.normal_(0.0, std, generator=generator)
+
+
+def _owner(module: nn.Module, param_name: str) -> nn.Module:
+    owner_name = param_name.rsplit(".", 1)[0] if "." in param_name else ""
+    return module.get_submodule(owner_name)

@@ -1,0 +1,159 @@
+"""LLaVA-1.5: a CLIP ViT tower (``CLIPVisionModel``) and a two-layer MLP projector."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.models.clip.modeling_clip import CLIPEncoderLayer, CLIPVisionEmbeddings
+from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
+
+from hiprune.errors import CheckpointError
+from hiprune.export.adapters.base import EncoderAdapter, EncoderSpec, VisionTrunk, random_init_
+from hiprune.selection import received_attention
+
+# The paper's object layer for CLIP ViT-L/14 (24 layers); other depths scale it (9/24 of the tower).
+PAPER_OBJECT_LAYER = 9
+PAPER_TOWER_DEPTH = 24
+TOWER_PREFIXES = ("model.vision_tower.vision_model.", "model.vision_tower.", "vision_tower.vision_model.", "vision_tower.")
+PROJECTOR_PREFIXES = ("model.multi_modal_projector.", "multi_modal_projector.")
+
+
+class ClipTrunk(VisionTrunk):
+    """CLIP embeddings + the first ``deep_layer`` encoder layers; explicit softmax only at ``score_layers``.
+
+    Parameter names match ``CLIPVisionModel`` (``embeddings.*``, ``pre_layrnorm.*``, ``encoder.layers.N.*``),
+    so checkpoint tensors load by name.
+    """
+
+    def __init__(self, vision_config: object, num_layers: int, score_layers: tuple[int, ...]) -> None:
+        super().__init__()
+        self.embeddings = CLIPVisionEmbeddings(vision_config)
+        self.pre_layrnorm = nn.LayerNorm(vision_config.hidden_size, eps=vision_config.layer_norm_eps)
+        self.encoder = nn.Module()
+        self.encoder.layers = nn.ModuleList(CLIPEncoderLayer(vision_config) for _ in range(num_layers))
+        self.score_layers = score_layers
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        x = self._embed(pixel_values)
+        scores: dict[int, torch.Tensor] = {}
+        for number, layer in enumerate(self.encoder.layers, start=1):
+            x, probs = _layer_forward(layer, x, want_probs=number in self.score_layers)
+            if probs is not None:
+                scores[number] = received_attention(probs)
+        return x[:, 1:], tuple(scores[n] for n in self.score_layers)
+
+    def _embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        emb = self.embeddings
+        patches = emb.patch_embedding(pixel_values).flatten(2).transpose(1, 2)
+        cls = emb.class_embedding.expand(pixel_values.shape[0], 1, -1)
+        x = torch.cat([cls, patches], dim=1) + emb.position_embedding.weight
+        return self.pre_layrnorm(x)
+
+
+def _layer_forward(layer: CLIPEncoderLayer, x: torch.Tensor, want_probs: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    attn_out, probs = _attention(layer.self_attn, layer.layer_norm1(x), want_probs)
+    x = x + attn_out
+    return x + layer.mlp(layer.layer_norm2(x)), probs
+
+
+def _attention(attn: nn.Module, x: torch.Tensor, want_probs: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Fused SDPA, or the explicit softmax where HiPrune reads the probabilities."""
+    batch, tokens, width = x.shape
+    heads = attn.num_heads
+
+    def split(t: torch.Tensor) -> torch.Tensor:
+        return t.view(batch, tokens, heads, attn.head_dim).transpose(1, 2)
+
+    q, k, v = split(attn.q_proj(x)), split(attn.k_proj(x)), split(attn.v_proj(x))
+    probs = None
+    if want_probs:
+        probs = torch.softmax(torch.matmul(q, k.transpose(-1, -2)) * attn.scale, dim=-1)
+        out = torch.matmul(probs, v)
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, scale=attn.scale)
+    return attn.out_proj(out.transpose(1, 2).reshape(batch, tokens, width)), probs
+
+
+class LlavaClipAdapter(EncoderAdapter):
+    name: ClassVar[str] = "llava-clip"
+    description: ClassVar[str] = "LLaVA-1.5 (model_type 'llava' with a CLIP vision tower)"
+
+    @classmethod
+    def matches(cls, config: object) -> bool:
+        vision = getattr(config, "vision_config", None)
+        return getattr(config, "model_type", None) == "llava" and getattr(vision, "model_type", None) == "clip_vision_model"
+
+    def read_spec(self) -> EncoderSpec:
+        config, vision = self.config, self.config.vision_config
+        layer = config.vision_feature_layer
+        if not isinstance(layer, int):
+            raise CheckpointError(
+                f"vision_feature_layer {layer!r} concatenates several layers; HiPrune export supports one feature layer"
+            )
+        if config.vision_feature_select_strategy != "default":
+            raise CheckpointError(
+                f"vision_feature_select_strategy {config.vision_feature_select_strategy!r} is not supported; "
+                "HiPrune selects among patch tokens (strategy 'default', CLS dropped)"
+            )
+        depth = vision.num_hidden_layers
+        deep = layer if layer >= 0 else depth + 1 + layer
+        if not 1 <= deep <= depth:
+            raise CheckpointError(f"vision_feature_layer {layer} does not name a layer of the {depth}-layer tower")
+        side = vision.image_size // vision.patch_size
+        return EncoderSpec(
+            family=self.name,
+            image_size=(vision.image_size, vision.image_size),
+            num_layers=depth,
+            deep_layer=deep,
+            default_object_layer=max(1, min(deep - 1, math.floor(PAPER_OBJECT_LAYER * depth / PAPER_TOWER_DEPTH))),
+            grid=(side, side),
+            feature_dim=vision.hidden_size,
+            embed_dim=config.text_config.hidden_size,
+        )
+
+    def module_name(self, checkpoint_name: str) -> str | None:
+        for prefix in PROJECTOR_PREFIXES:
+            if checkpoint_name.startswith(prefix):
+                return "projector." + checkpoint_name[len(prefix) :]
+        for prefix in TOWER_PREFIXES:
+            if checkpoint_name.startswith(prefix):
+                return self._tower_name(checkpoint_name[len(prefix) :])
+        return None
+
+    def _tower_name(self, name: str) -> str | None:
+        if name.startswith(("embeddings.", "pre_layrnorm.")):
+            return "trunk." + name if not name.endswith("position_ids") else None
+        if name.startswith("encoder.layers."):
+            number = int(name.split(".")[2]) + 1
+            return "trunk." + name if number <= self.spec.deep_layer else None
+        return None
+
+    def build(
+        self, tensors: Mapping[str, torch.Tensor] | None, score_layers: tuple[int, ...], seed: int = 0
+    ) -> tuple[VisionTrunk, nn.Module]:
+        with torch.device("meta"):
+            holder = nn.Module()
+            holder.trunk = ClipTrunk(self.config.vision_config, self.spec.deep_layer, score_layers)
+            holder.projector = LlavaMultiModalProjector(self.config)
+        if tensors is None:
+            random_init_(holder, seed)
+        else:
+            _load_exact(holder, tensors)
+        holder.eval()
+        return holder.trunk, holder.projector
+
+
+def _load_exact(holder: nn.Module, tensors: Mapping[str, torch.Tensor]) -> None:
+    expected = set(holder.state_dict().keys())
+    missing = sorted(expected - set(tensors))
+    if missing:
+        raise CheckpointError(
+            f"checkpoint lacks {len(missing)} vision/projector tensors (first: {missing[0]}); "
+            "it is incomplete or not a LLaVA-1.5 checkpoint"
+        )
+    holder.load_state_dict({k: tensors[k] for k in expected}, strict=True, assign=True)

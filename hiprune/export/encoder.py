@@ -1,0 +1,80 @@
+"""``PrunedEncoder``: vision trunk → ``hiprune::select`` → gather → projector, as one traceable module."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+import hiprune.selection  # noqa: F401  (registers torch.ops.hiprune.select)
+from hiprune.config import HiPruneConfig
+from hiprune.errors import ConfigError
+from hiprune.export.adapters import EncoderAdapter, EncoderSpec, VisionTrunk
+
+INPUT_NAME = "pixel_values"
+OUTPUT_NAMES = ("image_embeds", "indices")
+
+
+@dataclasses.dataclass(frozen=True)
+class ResolvedConfig:
+    """A :class:`HiPruneConfig` with every default filled in for one encoder (``None`` resolved once, here)."""
+
+    hiprune: HiPruneConfig
+    object_layer: int
+    deep_layer: int
+    grid_width: int
+    num_tokens: int
+
+    @property
+    def kept(self) -> int:
+        return self.hiprune.keep if self.hiprune.prune else self.num_tokens
+
+
+def resolve_config(config: HiPruneConfig, spec: EncoderSpec) -> ResolvedConfig:
+    """Validates ``config`` against the encoder and fills the object layer's default."""
+    config.validate_for(spec.num_tokens)
+    layer = spec.default_object_layer if config.object_layer is None else config.object_layer
+    if config.prune and not 1 <= layer < spec.deep_layer:
+        raise ConfigError(
+            f"--object-layer {layer} is outside 1..{spec.deep_layer - 1}: it must be a layer of the tower before "
+            f"the feature layer ({spec.deep_layer} of {spec.num_layers}); the paper uses 9 for CLIP ViT-L"
+        )
+    resolved = dataclasses.replace(config, object_layer=layer)
+    return ResolvedConfig(resolved, layer, spec.deep_layer, spec.grid[1], spec.num_tokens)
+
+
+class PrunedEncoder(nn.Module):
+    """``pixel_values`` (B, 3, H, W) float32, normalized → ``image_embeds`` (B, K, D) and ``indices`` (B, K) int64.
+
+    With ``prune=False`` the same trunk and projector keep all N tokens and ``indices`` is 0..N-1.
+    """
+
+    def __init__(self, trunk: VisionTrunk, projector: nn.Module, config: ResolvedConfig) -> None:
+        super().__init__()
+        self.trunk = trunk
+        self.projector = projector
+        self.config = config
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features, scores = self.trunk(pixel_values)
+        cfg = self.config
+        if not cfg.hiprune.prune:
+            indices = torch.arange(cfg.num_tokens, device=features.device).expand(features.shape[0], -1)
+            return self.projector(features), indices
+        s_obj, s_deep = scores
+        indices = torch.ops.hiprune.select(
+            s_obj, s_deep, cfg.hiprune.keep, cfg.hiprune.anchors, cfg.grid_width, cfg.hiprune.neighbors == "grid"
+        )
+        kept = features.gather(1, indices.unsqueeze(-1).expand(-1, -1, features.shape[-1]))
+        return self.projector(kept), indices
+
+
+def build_encoder(
+    adapter: EncoderAdapter, config: HiPruneConfig, tensors: dict[str, torch.Tensor] | None, seed: int = 0
+) -> PrunedEncoder:
+    """Resolves ``config`` for the adapter's encoder and assembles the module (random weights if no tensors)."""
+    resolved = resolve_config(config, adapter.spec)
+    score_layers = (resolved.object_layer, resolved.deep_layer) if config.prune else ()
+    trunk, projector = adapter.build(tensors, score_layers, seed=seed)
+    return PrunedEncoder(trunk, projector, resolved).eval()

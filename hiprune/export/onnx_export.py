@@ -1,0 +1,63 @@
+"""Trace a :class:`PrunedEncoder` to ONNX with ``hiprune::select`` kept as one ``hiprune::Select`` node."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+
+import onnx_ir as ir
+import torch
+
+from hiprune.errors import ExportError
+from hiprune.export.encoder import INPUT_NAME, OUTPUT_NAMES, PrunedEncoder
+from hiprune.graphs import select_op
+
+OPSET = 18  # ONNX Runtime, TensorRT 8.6+/10.x and the onnx checker all cover opset 18
+
+
+def _select_translation(s_obj, s_deep, keep: int, anchors: int, grid_width: int, grid_neighbors: bool):
+    return select_op.select_opset.Select(
+        s_obj, s_deep, keep=keep, anchors=anchors, grid_width=grid_width, grid_neighbors=int(grid_neighbors)
+    )
+
+
+def example_input(encoder: PrunedEncoder, batch: int, seed: int = 0) -> torch.Tensor:
+    """A normalized-looking ``pixel_values`` tensor of the encoder's static shape."""
+    height, width = _image_size(encoder)
+    return torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(seed))
+
+
+def _image_size(encoder: PrunedEncoder) -> tuple[int, int]:
+    size = encoder.trunk.embeddings.image_size
+    return (size, size) if isinstance(size, int) else tuple(size)
+
+
+def export_to_ir(encoder: PrunedEncoder, batch: int) -> ir.Model:
+    """Exports with static shapes (batch fixed) through ``torch.onnx.export(dynamo=True)``."""
+    args = (example_input(encoder, batch),)
+    table = {torch.ops.hiprune.select.default: _select_translation}
+    try:
+        with _quiet():
+            program = torch.onnx.export(
+                encoder, args, dynamo=True, opset_version=OPSET, input_names=[INPUT_NAME],
+                output_names=list(OUTPUT_NAMES), custom_translation_table=table, optimize=True, verbose=False,
+            )
+    except Exception as exc:
+        raise ExportError(f"torch.onnx.export failed: {str(exc).strip().splitlines()[0]}; rerun with --verbose") from exc
+    return program.model
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The exporter prints progress lines and warnings of its own; ours is shown instead."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)

@@ -1,0 +1,36 @@
+"""The ordered pass lists the targets run. Each entry says why it sits where it does."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import onnx_ir as ir
+from onnx_ir.passes import PassManager
+from onnx_ir.passes.common import CheckerPass, ShapeInferencePass
+
+from hiprune.graphs.passes import AttachSelectFunctionPass, InlineSelectPass, MetadataPass, StaticShapesPass, select_nodes
+
+
+def finalize_onnx(model: ir.Model, metadata: Mapping[str, str]) -> ir.Model:
+    """Exporter output → the ONNX target's artifact, checked."""
+    passes = []
+    if select_nodes(model):
+        passes.append(AttachSelectFunctionPass())  # before checking: the checker must see the body
+    passes += [
+        MetadataPass(metadata),  # provenance travels with the file
+        ShapeInferencePass(),  # fills intermediate shapes; strict, so a bad graph fails here, not on device
+        CheckerPass(full_check=True),  # onnx checker incl. the function body and types
+        StaticShapesPass(),  # last: the contract users rely on (fixed batch and image size)
+    ]
+    return PassManager(passes)(model).model
+
+
+def inline_for_parsers(model: ir.Model) -> ir.Model:
+    """A finalized model → standard ops only, for parsers that know no custom domain (TensorRT)."""
+    passes = [
+        InlineSelectPass(),  # the Select body becomes ordinary nodes in the main graph
+        ShapeInferencePass(),  # shapes for the new nodes
+        CheckerPass(full_check=True),
+        StaticShapesPass(),
+    ]
+    return PassManager(passes)(model).model

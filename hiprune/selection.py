@@ -1,0 +1,85 @@
+"""The HiPrune selection as one torch custom op: ``torch.ops.hiprune.select``.
+
+This module is the single source of truth for what the graphs compute. The eager kernel is the spec's
+static-budget form (``hiprune-spec.md``): anchors by the object layer's score, their flat-index (or 2-D)
+neighbours as buffers, and the rest of the budget filled by the deep layer's score, all with static shapes:
+
+    prio = s_deep with prio[anchors ∪ buffers] = +inf
+    keep = sort_ascending(topk(prio, K))
+
+``+inf`` is above every possible score at any scale (LLaVA's means and Qwen's column sums alike).
+Ties break toward the lower index everywhere, as ONNX TopK documents, through stable sorts.
+The same plain-torch function is the op's decomposition for paths that cannot keep a custom op (Core ML).
+"""
+
+from __future__ import annotations
+
+import torch
+
+OP_NAMESPACE = "hiprune"
+OP_NAME = "select"
+NEIGHBOR_OFFSETS = 5  # the anchor itself, -1, +1, -W, +W
+
+
+def received_attention(probs: torch.Tensor) -> torch.Tensor:
+    """Score of a layer: attention *received* by each patch token, averaged over heads and all queries.
+
+    Args:
+        probs: softmax attention probabilities, (B, heads, T, T) with the CLS token first.
+
+    Returns:
+        (B, T - 1) float scores, CLS column dropped.
+    """
+    return probs.mean(dim=1).mean(dim=1)[:, 1:]
+
+
+def stable_topk_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the ``k`` largest entries along the last axis; equal values keep the lower index first."""
+    return torch.sort(scores, dim=-1, descending=True, stable=True).indices[..., :k]
+
+
+def buffer_candidates(anchor_idx: torch.Tensor, num_tokens: int, grid_width: int, grid: bool) -> torch.Tensor:
+    """Anchors and their four neighbours, (B, 5a) int64; ``-1`` marks a neighbour that does not exist.
+
+    ``grid=False`` is the reference code's flat-index form: ±1 wraps across row ends and out-of-range
+    neighbours are clamped to tokens 0 / N-1. ``grid=True`` keeps only true 2-D neighbours.
+    """
+    a, w = anchor_idx, grid_width
+    cand = torch.stack([a, a - 1, a + 1, a - w, a + w], dim=-1)
+    if grid:
+        col = a % w
+        valid = torch.stack([a >= 0, col > 0, col < w - 1, a >= w, a + w < num_tokens], dim=-1)
+        cand = torch.where(valid, cand, torch.full_like(cand, -1))
+    else:
+        cand = cand.clamp(0, num_tokens - 1)
+    return cand.flatten(1)
+
+
+def select_static(
+    s_obj: torch.Tensor, s_deep: torch.Tensor, keep: int, anchors: int, grid_width: int, grid_neighbors: bool
+) -> torch.Tensor:
+    """The static-budget selection in plain torch ops: (B, N) scores → (B, K) int64 ascending indices."""
+    num_tokens = s_deep.shape[-1]
+    prio = s_deep
+    if anchors > 0:
+        cand = buffer_candidates(stable_topk_indices(s_obj, anchors), num_tokens, grid_width, grid_neighbors)
+        positions = torch.arange(num_tokens, device=s_deep.device)
+        in_buffer = (cand.unsqueeze(-1) == positions).any(dim=1)
+        prio = torch.where(in_buffer, torch.full_like(s_deep, float("inf")), s_deep)
+    return stable_topk_indices(prio, keep).sort(dim=-1).values
+
+
+@torch.library.custom_op(f"{OP_NAMESPACE}::{OP_NAME}", mutates_args=())
+def select(
+    s_obj: torch.Tensor, s_deep: torch.Tensor, keep: int, anchors: int, grid_width: int, grid_neighbors: bool
+) -> torch.Tensor:
+    """HiPrune selection (see module docstring); kept as one node by tracers."""
+    return select_static(s_obj, s_deep, keep, anchors, grid_width, grid_neighbors)
+
+
+@select.register_fake
+def _select_fake(
+    s_obj: torch.Tensor, s_deep: torch.Tensor, keep: int, anchors: int, grid_width: int, grid_neighbors: bool
+) -> torch.Tensor:
+    return s_deep.new_empty((s_deep.shape[0], keep), dtype=torch.int64)
+

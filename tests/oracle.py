@@ -1,0 +1,65 @@
+"""A port of the paper's per-image selection loop (the test oracle; never imported by the package).
+
+Written independently of ``hiprune.selection``: Python lists and explicit loops, the reference code's
+data-dependent register count ``K - |AB|``, ``unique`` over clamped flat-index neighbours, and ties broken
+toward the lower index (ONNX TopK's documented rule, which the exported graphs follow).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _ranked(scores: list[float]) -> list[int]:
+    return sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+
+
+def paper_select_one(
+    s_obj: list[float], s_deep: list[float], keep: int, alpha: float, grid_width: int, neighbors: str = "paper"
+) -> list[int]:
+    n, w = len(s_deep), grid_width
+    a = round(keep * alpha / 5)
+    anchors = _ranked(s_obj)[:a]
+    if neighbors == "paper":
+        cand = anchors + [x - 1 for x in anchors] + [x + 1 for x in anchors] + [x - w for x in anchors] + [x + w for x in anchors]
+        buffer = {min(max(x, 0), n - 1) for x in cand}
+    else:
+        buffer = set()
+        for x in anchors:
+            row, col = divmod(x, w)
+            buffer.add(x)
+            if col > 0:
+                buffer.add(x - 1)
+            if col < w - 1:
+                buffer.add(x + 1)
+            if row > 0:
+                buffer.add(x - w)
+            if x + w < n:
+                buffer.add(x + w)
+    registers = [i for i in _ranked(s_deep) if i not in buffer][: keep - len(buffer)]
+    return sorted(buffer | set(registers))
+
+
+def paper_select(
+    s_obj: torch.Tensor, s_deep: torch.Tensor, keep: int, alpha: float, grid_width: int, neighbors: str = "paper"
+) -> torch.Tensor:
+    """(B, N) scores → (B, K) int64, each image with its own budget K."""
+    rows = [
+        paper_select_one(o.tolist(), d.tolist(), keep, alpha, grid_width, neighbors)
+        for o, d in zip(s_obj, s_deep, strict=True)
+    ]
+    return torch.tensor(rows, dtype=torch.int64)
+
+
+def reference_scores(model: torch.nn.Module, pixel_values: torch.Tensor, object_layer: int, deep_layer: int):
+    """Scores from transformers' own eager CLIP tower: attentions[l].mean(heads).mean(queries)[:, 1:]."""
+    out = model.model.vision_tower(pixel_values, output_attentions=True, output_hidden_states=True)
+    score = [a.mean(dim=1).mean(dim=1)[:, 1:] for a in out.attentions]
+    return score[object_layer - 1], score[deep_layer - 1], out.hidden_states
+
+
+def reference_embeds(model, pixel_values, indices, feature_layer: int, hidden_states) -> torch.Tensor:
+    """projector(hidden_states[f][:, 1:])[keep], as LLaVA computes image features before pruning."""
+    features = hidden_states[feature_layer][:, 1:]
+    projected = model.model.multi_modal_projector(features)
+    return projected.gather(1, indices.unsqueeze(-1).expand(-1, -1, projected.shape[-1]))
