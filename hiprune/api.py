@@ -1,0 +1,138 @@
+"""The library API the CLI is a thin layer over: :func:`export` an :class:`ExportRequest`."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from hiprune import __version__
+from hiprune.artifacts import check_output_dir, read_manifest, staged_output, write_manifest
+from hiprune.config import HiPruneConfig
+from hiprune.errors import BackendUnavailableError, ConfigError, ExportError
+from hiprune.progress import Steps
+from hiprune.runtime.compare import Comparison
+from hiprune.targets import BuildJob, get_target
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportRequest:
+    """One export. ``model=None`` is the built-in LLaVA-1.5-7B architecture with random weights."""
+
+    hiprune: HiPruneConfig = dataclasses.field(default_factory=HiPruneConfig)
+    target: str = "onnx"
+    model: str | None = None
+    batch: int = 1
+    output: Path | None = None
+    force: bool = False
+    allow_pickle: bool = False
+
+    def output_dir(self) -> Path:
+        if self.output is not None:
+            return Path(self.output)
+        budget = f"k{self.hiprune.keep}" if self.hiprune.prune else "full"
+        return Path(f"hiprune-{self.target}-{budget}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportResult:
+    """Where the artifact went and what the post-export run measured."""
+
+    output: Path
+    artifact: Path
+    manifest: dict[str, Any]
+    comparison: Comparison | None
+    note: str | None
+
+    def summary(self) -> dict[str, Any]:
+        """The rows the CLI prints."""
+        shapes = self.manifest["outputs"]
+        rows = {
+            "target": self.manifest["target"],
+            "source": self.manifest["source"]["source"],
+            "kept tokens": f"{self.manifest['encoder']['kept']} of {self.manifest['encoder']['num_tokens']}",
+            "pixel_values": _tensor(self.manifest["inputs"]["pixel_values"]),
+            "image_embeds": _tensor(shapes["image_embeds"]),
+            "indices": _tensor(shapes["indices"]),
+            "size on disk": _human(sum(f["bytes"] for f in self.manifest["files"].values())),
+            "output": str(self.output),
+        }
+        if self.comparison is not None:
+            rows["check vs PyTorch"] = self.comparison.describe()
+        return rows
+
+
+def _tensor(spec: dict[str, Any]) -> str:
+    return f"{spec['dtype']} {tuple(spec['shape'])}"
+
+
+def _human(size: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.1f} {unit}" if unit != "B" else f"{size} B"
+        size /= 1024
+    return str(size)
+
+
+def export(request: ExportRequest, steps: Steps | None = None) -> ExportResult:
+    """Loads the encoder, builds the target's artifact in a staging dir, checks it, and moves it into place.
+
+    Every setting is validated before anything is read or written; on any error nothing is left behind.
+    """
+    from hiprune.export.models import load_encoder
+
+    steps = steps or Steps(quiet=True)
+    target_cls = get_target(request.target)
+    if request.batch < 1:
+        raise ConfigError(f"--batch {request.batch} must be at least 1; pass the number of images per call")
+    request.hiprune.validate_static()
+    output = request.output_dir()
+    check_output_dir(output, request.force)
+    if (missing := target_cls.missing()) is not None:
+        raise BackendUnavailableError(missing)
+    if request.model is None:
+        steps.note("[yellow]No --model given: exporting the LLaVA-1.5-7B vision tower + projector architecture "
+                   "(CLIP ViT-L/14-336, 4096-d) with RANDOM weights.[/]")
+    with steps.step("Loading the vision tower and projector"):
+        loaded = load_encoder(request.model, request.hiprune, request.allow_pickle)
+    cfg = loaded.encoder.config
+    metadata = _metadata(request, loaded, cfg)
+    job = BuildJob(loaded=loaded, batch=request.batch, metadata=metadata, steps=steps)
+    with staged_output(output, request.force) as stage:
+        built = target_cls().build(job, stage)
+        if built.comparison is not None and not built.comparison.ok:
+            raise ExportError(f"the {request.target} artifact disagrees with PyTorch: {built.comparison.describe()}")
+        body = _manifest_body(request, loaded, cfg, built)
+        write_manifest(stage, body)
+    return ExportResult(output, output / built.artifact, read_manifest(output), built.comparison, built.note)
+
+
+def _metadata(request: ExportRequest, loaded: Any, cfg: Any) -> dict[str, str]:
+    spec = loaded.adapter.spec
+    return {
+        **cfg.hiprune.as_metadata(),
+        "hiprune.deep_layer": str(cfg.deep_layer),
+        "hiprune.grid": f"{spec.grid[0]}x{spec.grid[1]}",
+        "hiprune.encoder": spec.family,
+        "hiprune.source": loaded.source["source"],
+        "hiprune.batch": str(request.batch),
+        "hiprune.producer": f"hiprune-export {__version__}",
+    }
+
+
+def _manifest_body(request: ExportRequest, loaded: Any, cfg: Any, built: Any) -> dict[str, Any]:
+    spec = loaded.adapter.spec
+    batch, kept = request.batch, cfg.kept
+    return {
+        "target": request.target,
+        "artifact": built.artifact,
+        "source": loaded.source,
+        "hiprune": {**dataclasses.asdict(cfg.hiprune), "anchors": cfg.hiprune.anchors, "deep_layer": cfg.deep_layer},
+        "encoder": {"family": spec.family, "num_layers": spec.num_layers, "grid": list(spec.grid),
+                    "num_tokens": spec.num_tokens, "kept": kept},
+        "inputs": {"pixel_values": {"shape": [batch, 3, *spec.image_size], "dtype": "float32"}},
+        "outputs": {"image_embeds": {"shape": [batch, kept, spec.embed_dim], "dtype": "float32"},
+                    "indices": {"shape": [batch, kept], "dtype": "int64"}},
+        "target_details": built.details,
+        "verification": None if built.comparison is None else dataclasses.asdict(built.comparison),
+    }

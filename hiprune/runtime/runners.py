@@ -1,0 +1,106 @@
+"""Runners over artifacts: a context manager with ``infer()`` that checks its feed, then calls ``infer_impl``.
+
+Heavy backends are imported inside the runner that needs them; the ONNX Runtime runner is the CPU reference.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import time
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from hiprune.errors import HiPruneError
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+
+class BaseRunner(abc.ABC):
+    """Activate with ``with``; ``infer`` validates names, shapes and dtypes before running."""
+
+    name: ClassVar[str]
+
+    def __init__(self) -> None:
+        self.active = False
+        self.last_inference_s: float | None = None
+
+    def __enter__(self) -> BaseRunner:
+        self.activate_impl()
+        self.active = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.deactivate_impl()
+        self.active = False
+
+    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if not self.active:
+            raise HiPruneError(f"{self.name} runner is not active; use it as `with runner: runner.infer(...)`")
+        for spec in self.input_specs():
+            if spec.name not in feed:
+                raise HiPruneError(f"input {spec.name!r} missing from the feed; expected {[s.name for s in self.input_specs()]}")
+            value = feed[spec.name]
+            if tuple(value.shape) != spec.shape or value.dtype != spec.dtype:
+                raise HiPruneError(
+                    f"input {spec.name!r} is {value.dtype}{list(value.shape)}; the artifact takes {spec.dtype}{list(spec.shape)}"
+                )
+        start = time.perf_counter()
+        out = self.infer_impl(feed)
+        self.last_inference_s = time.perf_counter() - start
+        return out
+
+    @abc.abstractmethod
+    def activate_impl(self) -> None: ...
+
+    @abc.abstractmethod
+    def deactivate_impl(self) -> None: ...
+
+    @abc.abstractmethod
+    def input_specs(self) -> list[TensorSpec]: ...
+
+    @abc.abstractmethod
+    def infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+_ORT_DTYPES = {"tensor(float)": np.dtype(np.float32), "tensor(int64)": np.dtype(np.int64),
+               "tensor(float16)": np.dtype(np.float16), "tensor(int32)": np.dtype(np.int32)}
+
+
+class OrtRunner(BaseRunner):
+    """ONNX Runtime over a ``model.onnx`` (CPU by default; pass providers for others)."""
+
+    name: ClassVar[str] = "onnxruntime"
+
+    def __init__(self, model_path: Path, providers: tuple[str, ...] = ("CPUExecutionProvider",),
+                 intra_op_threads: int | None = None) -> None:
+        super().__init__()
+        self.model_path = Path(model_path)
+        self.providers = providers
+        self.intra_op_threads = intra_op_threads
+        self.session = None
+
+    def activate_impl(self) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if self.intra_op_threads:
+            options.intra_op_num_threads = self.intra_op_threads
+        self.session = ort.InferenceSession(str(self.model_path), options, providers=list(self.providers))
+
+    def deactivate_impl(self) -> None:
+        self.session = None
+
+    def input_specs(self) -> list[TensorSpec]:
+        return [TensorSpec(i.name, tuple(i.shape), _ORT_DTYPES[i.type]) for i in self.session.get_inputs()]
+
+    def infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        names = [o.name for o in self.session.get_outputs()]
+        return dict(zip(names, self.session.run(names, feed), strict=True))
