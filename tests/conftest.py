@@ -1,0 +1,75 @@
+"""Tiny LLaVA-1.5 checkpoints built from configs, saved and loaded by path like real ones (never downloaded)."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+def tiny_llava_config(image_size: int = 32, patch_size: int = 8, layers: int = 4, feature_layer: int = -2):
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=4,
+                              image_size=image_size, patch_size=patch_size, projection_dim=16)
+    text = LlamaConfig(hidden_size=48, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                       num_key_value_heads=4, vocab_size=128)
+    return LlavaConfig(vision_config=vision, text_config=text, vision_feature_layer=feature_layer)
+
+
+def make_tiny_llava(directory: Path, seed: int = 0, **config_kwargs) -> Path:
+    """Saves a random tiny LLaVA (vision tower, projector and a 1-layer language model) with save_pretrained."""
+    from transformers import LlavaForConditionalGeneration
+
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(tiny_llava_config(**config_kwargs)).eval()
+    _sharpen_attention(model, seed)
+    model.save_pretrained(directory)
+    return directory
+
+
+def _sharpen_attention(model, seed: int) -> None:
+    """Random CLIP inits give near-uniform attention; larger q/k weights give scores far apart, like real towers."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in model.model.vision_tower.encoder.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj):
+                proj.weight.normal_(0.0, 0.5, generator=generator)
+
+
+@functools.cache
+def _cached_checkpoint(root: str, key: tuple) -> Path:
+    kwargs = dict(key)
+    name = "tiny-" + "-".join(f"{k}{v}" for k, v in key)
+    return make_tiny_llava(Path(root) / name, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """``tiny_checkpoint(image_size=40, layers=6)`` → a saved checkpoint directory (built once per session)."""
+    root = str(tmp_path_factory.mktemp("checkpoints"))
+
+    def build(**kwargs) -> Path:
+        return _cached_checkpoint(root, tuple(sorted(kwargs.items())))
+
+    return build
+
+
+@functools.cache
+def _reference_model(path: str):
+    from transformers import LlavaForConditionalGeneration
+
+    return LlavaForConditionalGeneration.from_pretrained(path, attn_implementation="eager").eval()
+
+
+@pytest.fixture(scope="session")
+def reference_model():
+    """transformers' own LLaVA (eager attention) for a checkpoint path: what the oracle's scores come from."""
+    return lambda path: _reference_model(str(path))

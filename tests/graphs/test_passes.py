@@ -1,0 +1,55 @@
+"""Graph passes: inlining keeps the outputs, and each pass's contract fails with a message that says why."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+import torch
+from onnx_ir.passes import PostconditionError, PreconditionError
+
+from hiprune.api import ExportRequest, export
+from hiprune.config import HiPruneConfig
+from hiprune.graphs.passes import AttachSelectFunctionPass, InlineSelectPass, StaticShapesPass
+from hiprune.graphs.pipelines import inline_for_parsers
+from hiprune.runtime import OrtRunner
+from hiprune.targets.onnx import save_model
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("passes") / "out"
+    config = HiPruneConfig(keep=12, alpha=1.0, neighbors="grid")
+    return export(ExportRequest(hiprune=config, model=str(tiny_checkpoint(image_size=40)), batch=3, output=out))
+
+
+def test_inlining_gives_identical_outputs(exported, tmp_path):
+    inlined = inline_for_parsers(ir.load(exported.artifact))
+    assert not inlined.functions and "hiprune" not in inlined.opset_imports
+    assert all(node.domain in ("", "ai.onnx") for node in inlined.graph)
+    save_model(inlined, tmp_path / "inlined.onnx")
+    pixel_values = torch.randn(3, 3, 40, 40, generator=torch.Generator().manual_seed(9)).numpy()
+    with OrtRunner(exported.artifact) as a, OrtRunner(tmp_path / "inlined.onnx") as b:
+        want, got = a.infer({"pixel_values": pixel_values}), b.infer({"pixel_values": pixel_values})
+    np.testing.assert_array_equal(got["indices"], want["indices"])
+    np.testing.assert_array_equal(got["image_embeds"], want["image_embeds"])
+
+
+def test_attach_requires_a_select_node(exported):
+    inlined = inline_for_parsers(ir.load(exported.artifact))
+    with pytest.raises(PreconditionError, match="expected at least one hiprune::Select node; found none"):
+        AttachSelectFunctionPass()(inlined)
+
+
+def test_inline_requires_the_function_body(exported):
+    model = ir.load(exported.artifact)
+    model.functions.clear()
+    with pytest.raises(PreconditionError, match="has no model-local function to inline"):
+        InlineSelectPass()(model)
+
+
+def test_static_shapes_pass_names_the_dynamic_value(exported):
+    model = ir.load(exported.artifact)
+    model.graph.inputs[0].shape = ir.Shape(["batch", 3, 40, 40])
+    with pytest.raises(PostconditionError, match="'pixel_values' has shape .*batch.*expected static dimensions"):
+        StaticShapesPass()(model)
