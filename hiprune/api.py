@@ -91,8 +91,10 @@ def export(request: ExportRequest, steps: Steps | None = None) -> ExportResult:
     if (missing := target_cls.missing()) is not None:
         raise BackendUnavailableError(missing)
     if request.model is None:
-        steps.note("[yellow]No --model given: exporting the LLaVA-1.5-7B vision tower + projector architecture "
-                   "(CLIP ViT-L/14-336, 4096-d) with RANDOM weights.[/]")
+        steps.note(
+            "[yellow]No --model given: exporting the LLaVA-1.5-7B vision tower + projector architecture "
+            "(CLIP ViT-L/14-336, 4096-d) with RANDOM weights.[/]"
+        )
     with steps.step("Loading the vision tower and projector"):
         loaded = load_encoder(request.model, request.hiprune, request.allow_pickle)
     cfg = loaded.encoder.config
@@ -128,11 +130,18 @@ def _manifest_body(request: ExportRequest, loaded: Any, cfg: Any, built: Any) ->
         "artifact": built.artifact,
         "source": loaded.source,
         "hiprune": {**dataclasses.asdict(cfg.hiprune), "anchors": cfg.hiprune.anchors, "deep_layer": cfg.deep_layer},
-        "encoder": {"family": spec.family, "num_layers": spec.num_layers, "grid": list(spec.grid),
-                    "num_tokens": spec.num_tokens, "kept": kept},
+        "encoder": {
+            "family": spec.family,
+            "num_layers": spec.num_layers,
+            "grid": list(spec.grid),
+            "num_tokens": spec.num_tokens,
+            "kept": kept,
+        },
         "inputs": {"pixel_values": {"shape": [batch, 3, *spec.image_size], "dtype": "float32"}},
-        "outputs": {"image_embeds": {"shape": [batch, kept, spec.embed_dim], "dtype": "float32"},
-                    "indices": {"shape": [batch, kept], "dtype": "int64"}},
+        "outputs": {
+            "image_embeds": {"shape": [batch, kept, spec.embed_dim], "dtype": "float32"},
+            "indices": {"shape": [batch, kept], "dtype": "int64"},
+        },
         "target_details": built.details,
         "verification": None if built.comparison is None else dataclasses.asdict(built.comparison),
     }

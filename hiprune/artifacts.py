@@ -27,7 +27,9 @@ def check_output_dir(output: Path, force: bool) -> None:
     if output.exists() and not output.is_dir():
         raise OutputExistsError(f"--output {output} is a file; pass a directory path")
     if output.is_dir() and any(output.iterdir()) and not force:
-        raise OutputExistsError(f"--output {output} exists and is not empty; pass --force to replace it or choose another")
+        raise OutputExistsError(
+            f"--output {output} exists and is not empty; pass --force to replace it or choose another"
+        )
 
 
 @contextlib.contextmanager

@@ -15,24 +15,60 @@ from hiprune.targets import TARGETS
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.option("--target", type=click.Choice(sorted(TARGETS)), required=True, help="Artifact to build.")
 @click.option("--keep", type=int, default=64, show_default=True, help="Visual tokens kept per image (K).")
-@click.option("--model", metavar="ID_OR_DIR", default=None,
-              help="LLaVA-1.5 checkpoint directory or cached hub id. Default: LLaVA-1.5-7B architecture, random weights.")
-@click.option("--alpha", type=float, default=DEFAULT_ALPHA, show_default=True,
-              help="Budget share for anchors + buffers; anchors = round(K*alpha/5).")
-@click.option("--object-layer", type=int, default=None,
-              help="1-based ViT layer whose attention picks anchors. Default: 9 for 24-layer towers, scaled otherwise.")
-@click.option("--neighbors", type=click.Choice(NEIGHBOR_MODES), default="paper", show_default=True,
-              help="paper: flat-index neighbours as the reference code; grid: true 2-D neighbours.")
+@click.option(
+    "--model",
+    metavar="ID_OR_DIR",
+    default=None,
+    help="LLaVA-1.5 checkpoint directory or cached hub id. Default: LLaVA-1.5-7B architecture, random weights.",
+)
+@click.option(
+    "--alpha",
+    type=float,
+    default=DEFAULT_ALPHA,
+    show_default=True,
+    help="Budget share for anchors + buffers; anchors = round(K*alpha/5).",
+)
+@click.option(
+    "--object-layer",
+    type=int,
+    default=None,
+    help="1-based ViT layer whose attention picks anchors. Default: 9 for 24-layer towers, scaled otherwise.",
+)
+@click.option(
+    "--neighbors",
+    type=click.Choice(NEIGHBOR_MODES),
+    default="paper",
+    show_default=True,
+    help="paper: flat-index neighbours as the reference code; grid: true 2-D neighbours.",
+)
 @click.option("--no-prune", is_flag=True, help="Same truncated encoder + projector keeping all tokens (baseline).")
 @click.option("--batch", type=int, default=1, show_default=True, help="Static batch size of the artifact.")
-@click.option("--output", type=click.Path(path_type=Path), default=None,
-              help="Output directory. Default: ./hiprune-<target>-k<K> (or -full).")
+@click.option(
+    "--output",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Output directory. Default: ./hiprune-<target>-k<K> (or -full).",
+)
 @click.option("--force", is_flag=True, help="Replace a non-empty output directory.")
-@click.option("--allow-pickle", is_flag=True, help="Accept pytorch_model.bin weights (pickle) when no safetensors exist.")
+@click.option(
+    "--allow-pickle", is_flag=True, help="Accept pytorch_model.bin weights (pickle) when no safetensors exist."
+)
 @click.option("--verbose", is_flag=True, help="Show tracebacks on errors.")
 @click.version_option(package_name="hiprune-export")
-def main(target: str, keep: int, model: str | None, alpha: float, object_layer: int | None, neighbors: str,
-         no_prune: bool, batch: int, output: Path | None, force: bool, allow_pickle: bool, verbose: bool) -> None:
+def main(
+    target: str,
+    keep: int,
+    model: str | None,
+    alpha: float,
+    object_layer: int | None,
+    neighbors: str,
+    no_prune: bool,
+    batch: int,
+    output: Path | None,
+    force: bool,
+    allow_pickle: bool,
+    verbose: bool,
+) -> None:
     """Export a VLM's vision encoder + projector with HiPrune token selection built into the graph."""
     from rich.console import Console
 
@@ -43,9 +79,15 @@ def main(target: str, keep: int, model: str | None, alpha: float, object_layer: 
         from hiprune.progress import Steps
 
         request = ExportRequest(
-            hiprune=HiPruneConfig(keep=keep, alpha=alpha, object_layer=object_layer, neighbors=neighbors,
-                                  prune=not no_prune),
-            target=target, model=model, batch=batch, output=output, force=force, allow_pickle=allow_pickle,
+            hiprune=HiPruneConfig(
+                keep=keep, alpha=alpha, object_layer=object_layer, neighbors=neighbors, prune=not no_prune
+            ),
+            target=target,
+            model=model,
+            batch=batch,
+            output=output,
+            force=force,
+            allow_pickle=allow_pickle,
         )
         result = export(request, Steps(Console(stderr=True)))
     except HiPruneError as exc:

@@ -82,4 +82,3 @@ def _select_fake(
     s_obj: torch.Tensor, s_deep: torch.Tensor, keep: int, anchors: int, grid_width: int, grid_neighbors: bool
 ) -> torch.Tensor:
     return s_deep.new_empty((s_deep.shape[0], keep), dtype=torch.int64)
-

@@ -17,10 +17,23 @@ sys.path.insert(0, str(Path(__file__).parent))
 def tiny_llava_config(image_size: int = 32, patch_size: int = 8, layers: int = 4, feature_layer: int = -2):
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
 
-    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=4,
-                              image_size=image_size, patch_size=patch_size, projection_dim=16)
-    text = LlamaConfig(hidden_size=48, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
-                       num_key_value_heads=4, vocab_size=128)
+    vision = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        image_size=image_size,
+        patch_size=patch_size,
+        projection_dim=16,
+    )
+    text = LlamaConfig(
+        hidden_size=48,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        vocab_size=128,
+    )
     return LlavaConfig(vision_config=vision, text_config=text, vision_feature_layer=feature_layer)
 
 

@@ -21,7 +21,13 @@ def paper_select_one(
     a = round(keep * alpha / 5)
     anchors = _ranked(s_obj)[:a]
     if neighbors == "paper":
-        cand = anchors + [x - 1 for x in anchors] + [x + 1 for x in anchors] + [x - w for x in anchors] + [x + w for x in anchors]
+        cand = (
+            anchors
+            + [x - 1 for x in anchors]
+            + [x + 1 for x in anchors]
+            + [x - w for x in anchors]
+            + [x + w for x in anchors]
+        )
         buffer = {min(max(x, 0), n - 1) for x in cand}
     else:
         buffer = set()

@@ -17,8 +17,9 @@ def _invoke(args):
 
 def test_export_prints_summary(tiny_checkpoint, tmp_path):
     out = tmp_path / "artifact"
-    result = _invoke(["--target", "onnx", "--keep", "6", "--alpha", "0.5", "--model", str(tiny_checkpoint()),
-                      "--output", str(out)])
+    result = _invoke(
+        ["--target", "onnx", "--keep", "6", "--alpha", "0.5", "--model", str(tiny_checkpoint()), "--output", str(out)]
+    )
     assert result.exit_code == 0, result.output
     assert "6 of 16" in result.stdout and "indices equal" in result.stdout
     assert "float32 (1, 6, 48)" in result.stdout
@@ -65,8 +66,12 @@ def test_bad_input_one_line_nonzero_nothing_written(tiny_checkpoint, tmp_path, e
     existing = work / "existing"
     existing.mkdir()
     (existing / "keep.txt").write_text("user data")
-    paths = {"missing": str(tmp_path / "nope"), "corrupt": str(corrupt), "notvlm": str(not_vlm),
-             "existing": str(existing)}
+    paths = {
+        "missing": str(tmp_path / "nope"),
+        "corrupt": str(corrupt),
+        "notvlm": str(not_vlm),
+        "existing": str(existing),
+    }
     extra = [e.format(**paths) for e in extra]
     args = ["--target", "onnx", "--keep", "4", "--model", str(tiny_checkpoint()), "--output", str(work / "out"), *extra]
     before = sorted(p.name for p in work.iterdir())
@@ -84,8 +89,9 @@ def test_force_replaces_output(tiny_checkpoint, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "old.txt").write_text("x")
-    result = _invoke(["--target", "onnx", "--keep", "4", "--model", str(tiny_checkpoint()), "--output", str(out),
-                      "--force"])
+    result = _invoke(
+        ["--target", "onnx", "--keep", "4", "--model", str(tiny_checkpoint()), "--output", str(out), "--force"]
+    )
     assert result.exit_code == 0, result.output
     assert not (out / "old.txt").exists() and (out / "model.onnx").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["out"]

@@ -100,7 +100,9 @@ def weight_files(path: Path, allow_pickle: bool) -> dict[str, Path]:
             return _read_index(path / index_name)
         if (path / single).is_file():
             return {name: path / single for name in _tensor_names(path / single)}
-    raise CheckpointError(f"{path} has no weights ({SAFETENSORS_SINGLE} or {SAFETENSORS_INDEX}); pass a full checkpoint")
+    raise CheckpointError(
+        f"{path} has no weights ({SAFETENSORS_SINGLE} or {SAFETENSORS_INDEX}); pass a full checkpoint"
+    )
 
 
 def _read_index(index: Path) -> dict[str, Path]:
@@ -120,7 +122,9 @@ def _tensor_names(file: Path) -> list[str]:
         with safe_open(str(file), framework="pt") as handle:
             return list(handle.keys())
     except Exception as exc:
-        raise CheckpointError(f"weights file {file} cannot be read ({exc}); it is corrupt or truncated, re-download it") from None
+        raise CheckpointError(
+            f"weights file {file} cannot be read ({exc}); it is corrupt or truncated, re-download it"
+        ) from None
 
 
 def _load_pickle(file: Path) -> dict[str, torch.Tensor]:
@@ -162,4 +166,6 @@ def _read_file(file: Path, names: Iterable[tuple[str, str]]) -> Iterable[tuple[s
         with safe_open(str(file), framework="pt") as handle:
             return [(target, handle.get_tensor(name)) for name, target in names]
     except Exception as exc:
-        raise CheckpointError(f"weights file {file} cannot be read ({exc}); it is corrupt or truncated, re-download it") from None
+        raise CheckpointError(
+            f"weights file {file} cannot be read ({exc}); it is corrupt or truncated, re-download it"
+        ) from None

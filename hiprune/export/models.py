@@ -12,6 +12,7 @@ from hiprune.export.loading import read_tensors, resolve_checkpoint, weight_file
 DEFAULT_MODEL_NAME = "llava-1.5-7b architecture (random weights)"
 DEFAULT_SEED = 0
 
+
 @dataclasses.dataclass(frozen=True)
 class LoadedEncoder:
     """A built encoder and where it came from (for metadata and manifests)."""
@@ -20,18 +21,31 @@ class LoadedEncoder:
     adapter: EncoderAdapter
     source: dict[str, str]
 
+
 def default_llava15_config() -> object:
     """LLaVA-1.5-7B's vision tower + projector: CLIP ViT-L/14-336 (24 layers, 1024 wide), feature layer -2,
     a GELU MLP projector to 4096. The language model is a stub: only its hidden size is read."""
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
 
     vision = CLIPVisionConfig(
-        hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-        image_size=336, patch_size=14, projection_dim=768, hidden_act="quick_gelu",
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        image_size=336,
+        patch_size=14,
+        projection_dim=768,
+        hidden_act="quick_gelu",
     )
     text = LlamaConfig(hidden_size=4096, num_hidden_layers=1, num_attention_heads=32, vocab_size=32064)
-    return LlavaConfig(vision_config=vision, text_config=text, vision_feature_layer=-2,
-                       vision_feature_select_strategy="default", projector_hidden_act="gelu")
+    return LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+    )
+
 
 def load_encoder(model: str | None, config: HiPruneConfig, allow_pickle: bool = False) -> LoadedEncoder:
     """Builds the pruned encoder for ``model`` (a directory or cached hub id), or the default when ``None``.

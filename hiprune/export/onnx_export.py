@@ -41,23 +41,34 @@ def export_to_ir(encoder: PrunedEncoder, batch: int) -> ir.Model:
     try:
         with _quiet():
             program = torch.onnx.export(
-                encoder, args, dynamo=True, opset_version=OPSET, input_names=[INPUT_NAME],
-                output_names=list(OUTPUT_NAMES), custom_translation_table=table, optimize=True, verbose=False,
+                encoder,
+                args,
+                dynamo=True,
+                opset_version=OPSET,
+                input_names=[INPUT_NAME],
+                output_names=list(OUTPUT_NAMES),
+                custom_translation_table=table,
+                optimize=True,
+                verbose=False,
             )
     except Exception as exc:
-        raise ExportError(f"torch.onnx.export failed: {str(exc).strip().splitlines()[0]}; rerun with --verbose") from exc
+        raise ExportError(
+            f"torch.onnx.export failed: {str(exc).strip().splitlines()[0]}; rerun with --verbose"
+        ) from exc
     return program.model
 
 
 @contextlib.contextmanager
 def _quiet():
     """The exporter prints progress lines and warnings of its own; ours is shown instead."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnx_ir", "onnxscript")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)

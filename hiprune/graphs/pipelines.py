@@ -8,7 +8,13 @@ import onnx_ir as ir
 from onnx_ir.passes import PassManager
 from onnx_ir.passes.common import CheckerPass, ShapeInferencePass
 
-from hiprune.graphs.passes import AttachSelectFunctionPass, InlineSelectPass, MetadataPass, StaticShapesPass, select_nodes
+from hiprune.graphs.passes import (
+    AttachSelectFunctionPass,
+    InlineSelectPass,
+    MetadataPass,
+    StaticShapesPass,
+    select_nodes,
+)
 
 
 def finalize_onnx(model: ir.Model, metadata: Mapping[str, str]) -> ir.Model:

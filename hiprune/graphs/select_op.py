@@ -56,8 +56,9 @@ def Select(s_obj: FLOAT, s_deep: FLOAT, keep: int, anchors: int, grid_width: int
         axis=1,
     )
     paper_mode = op.Equal(op.Constant(value_int=grid_neighbors), op.Constant(value_int=0))
-    live = op.And(op.Concat(anchor_live, anchor_live, anchor_live, anchor_live, anchor_live, axis=1),
-                  op.Or(in_grid, paper_mode))
+    live = op.And(
+        op.Concat(anchor_live, anchor_live, anchor_live, anchor_live, anchor_live, axis=1), op.Or(in_grid, paper_mode)
+    )
     cand = op.Where(live, op.Clip(cand, op.Squeeze(zero), op.Squeeze(n_minus_1)), op.Constant(value_int=-1))
     positions = op.Range(op.Squeeze(zero), op.Squeeze(n), op.Squeeze(one))
     hits = op.Cast(op.Equal(op.Unsqueeze(cand, op.Constant(value_ints=[-1])), positions), to=1)

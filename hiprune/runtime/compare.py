@@ -28,9 +28,11 @@ class Comparison:
         return self.indices_equal and self.max_abs <= self.atol
 
     def describe(self) -> str:
-        return (f"indices {'equal' if self.indices_equal else f'differ at {self.index_mismatches} positions'}, "
-                f"embeds max|Δ| {self.max_abs:.2e} (atol {self.atol:.0e}), relative to max|ref| {self.max_rel:.2e}, "
-                f"min cosine {self.min_cosine:.6f}")
+        return (
+            f"indices {'equal' if self.indices_equal else f'differ at {self.index_mismatches} positions'}, "
+            f"embeds max|Δ| {self.max_abs:.2e} (atol {self.atol:.0e}), relative to max|ref| {self.max_rel:.2e}, "
+            f"min cosine {self.min_cosine:.6f}"
+        )
 
 
 def compare_outputs(reference: dict[str, np.ndarray], actual: dict[str, np.ndarray], atol: float) -> Comparison:

@@ -46,11 +46,14 @@ class BaseRunner(abc.ABC):
             raise HiPruneError(f"{self.name} runner is not active; use it as `with runner: runner.infer(...)`")
         for spec in self.input_specs():
             if spec.name not in feed:
-                raise HiPruneError(f"input {spec.name!r} missing from the feed; expected {[s.name for s in self.input_specs()]}")
+                raise HiPruneError(
+                    f"input {spec.name!r} missing from the feed; expected {[s.name for s in self.input_specs()]}"
+                )
             value = feed[spec.name]
             if tuple(value.shape) != spec.shape or value.dtype != spec.dtype:
                 raise HiPruneError(
-                    f"input {spec.name!r} is {value.dtype}{list(value.shape)}; the artifact takes {spec.dtype}{list(spec.shape)}"
+                    f"input {spec.name!r} is {value.dtype}{list(value.shape)}; "
+                    f"the artifact takes {spec.dtype}{list(spec.shape)}"
                 )
         start = time.perf_counter()
         out = self.infer_impl(feed)
@@ -70,8 +73,12 @@ class BaseRunner(abc.ABC):
     def infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
 
-_ORT_DTYPES = {"tensor(float)": np.dtype(np.float32), "tensor(int64)": np.dtype(np.int64),
-               "tensor(float16)": np.dtype(np.float16), "tensor(int32)": np.dtype(np.int32)}
+_ORT_DTYPES = {
+    "tensor(float)": np.dtype(np.float32),
+    "tensor(int64)": np.dtype(np.int64),
+    "tensor(float16)": np.dtype(np.float16),
+    "tensor(int32)": np.dtype(np.int32),
+}
 
 
 class OrtRunner(BaseRunner):
@@ -79,8 +86,12 @@ class OrtRunner(BaseRunner):
 
     name: ClassVar[str] = "onnxruntime"
 
-    def __init__(self, model_path: Path, providers: tuple[str, ...] = ("CPUExecutionProvider",),
-                 intra_op_threads: int | None = None) -> None:
+    def __init__(
+        self,
+        model_path: Path,
+        providers: tuple[str, ...] = ("CPUExecutionProvider",),
+        intra_op_threads: int | None = None,
+    ) -> None:
         super().__init__()
         self.model_path = Path(model_path)
         self.providers = providers

@@ -50,11 +50,14 @@ def _relayout(src, dst, rename, split_language_model=False):
 def test_key_layouts_and_shards_load_the_same_encoder(tiny_checkpoint, tmp_path, layout):
     src = tiny_checkpoint()
     if layout == "hub-v4":  # llava-hf checkpoints: vision_tower.vision_model.*, language_model.model.*
+
         def rename(k):
             return k.replace("vision_tower.", "vision_tower.vision_model.", 1)
     else:  # model.vision_tower.*, model.multi_modal_projector.*, model.language_model.*
+
         def rename(k):
             return "model." + k if not k.startswith("lm_head") else k
+
     dst = _relayout(src, tmp_path / layout, rename, split_language_model=True)
     # the language model's shard is never opened: corrupting it changes nothing
     (dst / "model-00002-of-00002.safetensors").write_bytes(b"not a safetensors file")
@@ -66,8 +69,11 @@ def test_key_layouts_and_shards_load_the_same_encoder(tiny_checkpoint, tmp_path,
 def test_layers_after_the_feature_layer_are_not_read(tiny_checkpoint, tmp_path):
     src = tiny_checkpoint()  # 4 layers, feature layer -2 → layer 4 and post_layernorm are never needed
     dst = _relayout(src, tmp_path / "cut", lambda k: k)
-    tensors = {k: v for k, v in load_file(dst / "model.safetensors").items()
-               if not k.startswith(("vision_tower.encoder.layers.3.", "vision_tower.post_layernorm"))}
+    tensors = {
+        k: v
+        for k, v in load_file(dst / "model.safetensors").items()
+        if not k.startswith(("vision_tower.encoder.layers.3.", "vision_tower.post_layernorm"))
+    }
     save_file(tensors, dst / "model.safetensors", metadata={"format": "pt"})
     encoder = load_encoder(str(dst), CONFIG).encoder
     assert len(encoder.trunk.encoder.layers) == 3
@@ -98,9 +104,19 @@ def test_hub_id_not_in_cache(tmp_path, monkeypatch):
 def test_non_vlm_checkpoint_names_what_is_supported(tmp_path):
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
-    CLIPVisionModel(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                     num_attention_heads=4, image_size=32, patch_size=8)).save_pretrained(tmp_path / "c")
-    with pytest.raises(CheckpointError, match=r"model_type 'clip_vision_model' is not a supported VLM; supported: LLaVA-1.5"):
+    CLIPVisionModel(
+        CLIPVisionConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=32,
+            patch_size=8,
+        )
+    ).save_pretrained(tmp_path / "c")
+    with pytest.raises(
+        CheckpointError, match=r"model_type 'clip_vision_model' is not a supported VLM; supported: LLaVA-1.5"
+    ):
         load_encoder(str(tmp_path / "c"), CONFIG)
 
 

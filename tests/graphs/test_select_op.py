@@ -17,15 +17,25 @@ from hiprune.graphs import select_op
 
 def select_model(batch: int, n: int, keep: int, anchors: int, width: int, grid: bool) -> bytes:
     """A model holding one Select node (with its local function), as exported graphs do."""
-    node = onnx.helper.make_node(select_op.OP_TYPE, ["s_obj", "s_deep"], ["indices"], domain=select_op.DOMAIN,
-                                 keep=keep, anchors=anchors, grid_width=width, grid_neighbors=int(grid))
+    node = onnx.helper.make_node(
+        select_op.OP_TYPE,
+        ["s_obj", "s_deep"],
+        ["indices"],
+        domain=select_op.DOMAIN,
+        keep=keep,
+        anchors=anchors,
+        grid_width=width,
+        grid_neighbors=int(grid),
+    )
     graph = onnx.helper.make_graph(
-        [node], "select",
+        [node],
+        "select",
         [onnx.helper.make_tensor_value_info(x, onnx.TensorProto.FLOAT, [batch, n]) for x in ("s_obj", "s_deep")],
         [onnx.helper.make_tensor_value_info("indices", onnx.TensorProto.INT64, [batch, keep])],
     )
     model = onnx.helper.make_model(
-        graph, functions=[select_op.function_proto()],
+        graph,
+        functions=[select_op.function_proto()],
         opset_imports=[onnx.helper.make_opsetid("", 18), onnx.helper.make_opsetid(select_op.DOMAIN, select_op.VERSION)],
     )
     onnx.checker.check_model(model, full_check=True)
@@ -44,8 +54,10 @@ def test_function_body_matches_paper_loop(neighbors):
         while 5 * anchor_count(keep, alpha) > keep:
             alpha /= 2
         batch = rng.choice([1, 3])
-        session = ort.InferenceSession(select_model(batch, n, keep, anchor_count(keep, alpha), width,
-                                                    neighbors == "grid"), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(
+            select_model(batch, n, keep, anchor_count(keep, alpha), width, neighbors == "grid"),
+            providers=["CPUExecutionProvider"],
+        )
         for ties in (False, True):
             s_obj, s_deep = torch.rand(2, batch, n, generator=gen)
             if ties:

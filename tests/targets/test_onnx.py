@@ -58,8 +58,9 @@ def test_ort_matches_oracle(tiny_checkpoint, reference_model, tmp_path, geometry
 def test_graph_contract(tiny_checkpoint, tmp_path):
     """One custom-domain Select node with a local function; static dims; metadata; manifest hashes."""
     path = tiny_checkpoint()
-    result = export(ExportRequest(hiprune=HiPruneConfig(keep=6, alpha=0.5), model=str(path), batch=2,
-                                  output=tmp_path / "out"))
+    result = export(
+        ExportRequest(hiprune=HiPruneConfig(keep=6, alpha=0.5), model=str(path), batch=2, output=tmp_path / "out")
+    )
     model = onnx.load(result.artifact)
     custom = [n for n in model.graph.node if n.domain not in ("", "ai.onnx")]
     assert [(n.domain, n.op_type) for n in custom] == [(select_op.DOMAIN, select_op.OP_TYPE)]

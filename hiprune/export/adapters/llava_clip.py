@@ -19,7 +19,12 @@ from hiprune.selection import received_attention
 # The paper's object layer for CLIP ViT-L/14 (24 layers); other depths scale it (9/24 of the tower).
 PAPER_OBJECT_LAYER = 9
 PAPER_TOWER_DEPTH = 24
-TOWER_PREFIXES = ("model.vision_tower.vision_model.", "model.vision_tower.", "vision_tower.vision_model.", "vision_tower.")
+TOWER_PREFIXES = (
+    "model.vision_tower.vision_model.",
+    "model.vision_tower.",
+    "vision_tower.vision_model.",
+    "vision_tower.",
+)
 PROJECTOR_PREFIXES = ("model.multi_modal_projector.", "multi_modal_projector.")
 
 
@@ -55,7 +60,9 @@ class ClipTrunk(VisionTrunk):
         return self.pre_layrnorm(x)
 
 
-def _layer_forward(layer: CLIPEncoderLayer, x: torch.Tensor, want_probs: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _layer_forward(
+    layer: CLIPEncoderLayer, x: torch.Tensor, want_probs: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     attn_out, probs = _attention(layer.self_attn, layer.layer_norm1(x), want_probs)
     x = x + attn_out
     return x + layer.mlp(layer.layer_norm2(x)), probs
@@ -86,7 +93,10 @@ class LlavaClipAdapter(EncoderAdapter):
     @classmethod
     def matches(cls, config: object) -> bool:
         vision = getattr(config, "vision_config", None)
-        return getattr(config, "model_type", None) == "llava" and getattr(vision, "model_type", None) == "clip_vision_model"
+        return (
+            getattr(config, "model_type", None) == "llava"
+            and getattr(vision, "model_type", None) == "clip_vision_model"
+        )
 
     def read_spec(self) -> EncoderSpec:
         config, vision = self.config, self.config.vision_config

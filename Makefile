@@ -1,0 +1,41 @@
+# Set-up is part of every target: on a fresh clone `make demo` and `make test` each install what they need.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU build of torch must come first: a bare `torch` requirement would pull a multi-GB CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test test-all lint fmt bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+## Export the built-in default (LLaVA-1.5-7B vision tower + projector, random weights) to ONNX with K = 64.
+demo: $(STAMP)
+	$(BIN)/hiprune-export --target onnx --keep 64 --output out/demo-onnx-k64 --force
+
+## The CPU test suite (offline, no GPU): what CI runs.
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check hiprune tests bench
+	$(BIN)/mypy hiprune
+
+fmt: $(STAMP)
+	$(BIN)/ruff format hiprune tests bench
+	$(BIN)/ruff check --fix hiprune tests bench
+
+## ORT CPU latency, pruned vs --no-prune, and default-model export cost; prints JSON.
+bench: $(STAMP)
+	$(BIN)/python bench/ort_overhead.py
+
+clean:
+	rm -rf out .pytest_cache

@@ -1,0 +1,1 @@
+"""Checkpoint → PrunedEncoder → traced graph. Never imports ``hiprune.runtime``."""
