@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import click
 
-from hiprune.config import DEFAULT_ALPHA, NEIGHBOR_MODES
+from hiprune.config import DEFAULT_ALPHA, NEIGHBOR_MODES, Neighbors
 from hiprune.errors import HiPruneError
 from hiprune.targets import TARGETS
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from hiprune.api import ExportResult
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -80,7 +86,11 @@ def main(
 
         request = ExportRequest(
             hiprune=HiPruneConfig(
-                keep=keep, alpha=alpha, object_layer=object_layer, neighbors=neighbors, prune=not no_prune
+                keep=keep,
+                alpha=alpha,
+                object_layer=object_layer,
+                neighbors=cast(Neighbors, neighbors),
+                prune=not no_prune,
             ),
             target=target,
             model=model,
@@ -101,7 +111,7 @@ def main(
     _print_summary(console, result)
 
 
-def _print_summary(console: object, result: object) -> None:
+def _print_summary(console: Console, result: ExportResult) -> None:
     from rich.table import Table
 
     table = Table(title="hiprune-export", show_header=False, title_justify="left")

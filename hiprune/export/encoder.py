@@ -50,11 +50,14 @@ class PrunedEncoder(nn.Module):
     With ``prune=False`` the same trunk and projector keep all N tokens and ``indices`` is 0..N-1.
     """
 
-    def __init__(self, trunk: VisionTrunk, projector: nn.Module, config: ResolvedConfig) -> None:
+    def __init__(
+        self, trunk: VisionTrunk, projector: nn.Module, config: ResolvedConfig, input_size: tuple[int, int]
+    ) -> None:
         super().__init__()
         self.trunk = trunk
         self.projector = projector
         self.config = config
+        self.input_size = input_size  # (H, W) of pixel_values
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features, scores = self.trunk(pixel_values)
@@ -77,4 +80,4 @@ def build_encoder(
     resolved = resolve_config(config, adapter.spec)
     score_layers = (resolved.object_layer, resolved.deep_layer) if config.prune else ()
     trunk, projector = adapter.build(tensors, score_layers, seed=seed)
-    return PrunedEncoder(trunk, projector, resolved).eval()
+    return PrunedEncoder(trunk, projector, resolved, adapter.spec.image_size).eval()

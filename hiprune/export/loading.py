@@ -7,6 +7,7 @@ import dataclasses
 import json
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -30,7 +31,7 @@ class Checkpoint:
 
     source: str
     path: Path
-    config: object
+    config: Any
 
     def describe(self) -> dict[str, str]:
         return {"source": self.source, "path": str(self.path), "model_type": getattr(self.config, "model_type", "?")}
@@ -73,7 +74,7 @@ def _from_hub_cache(repo_id: str) -> Path:
     return Path(str(local))
 
 
-def _read_config(path: Path, source: str) -> object:
+def _read_config(path: Path, source: str) -> Any:
     from transformers import AutoConfig
 
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from hiprune.config import HiPruneConfig
 from hiprune.export.adapters import EncoderAdapter, adapter_for
@@ -22,7 +23,7 @@ class LoadedEncoder:
     source: dict[str, str]
 
 
-def default_llava15_config() -> object:
+def default_llava15_config() -> Any:
     """LLaVA-1.5-7B's vision tower + projector: CLIP ViT-L/14-336 (24 layers, 1024 wide), feature layer -2,
     a GELU MLP projector to 4096. The language model is a stub: only its hidden size is read."""
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig

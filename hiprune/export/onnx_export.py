@@ -6,6 +6,8 @@ import contextlib
 import io
 import logging
 import warnings
+from collections.abc import Callable
+from typing import Any
 
 import onnx_ir as ir
 import torch
@@ -30,14 +32,14 @@ def example_input(encoder: PrunedEncoder, batch: int, seed: int = 0) -> torch.Te
 
 
 def _image_size(encoder: PrunedEncoder) -> tuple[int, int]:
-    size = encoder.trunk.embeddings.image_size
-    return (size, size) if isinstance(size, int) else tuple(size)
+    height, width = encoder.input_size
+    return height, width
 
 
 def export_to_ir(encoder: PrunedEncoder, batch: int) -> ir.Model:
     """Exports with static shapes (batch fixed) through ``torch.onnx.export(dynamo=True)``."""
     args = (example_input(encoder, batch),)
-    table = {torch.ops.hiprune.select.default: _select_translation}
+    table: dict[Callable[..., Any], Callable[..., Any]] = {torch.ops.hiprune.select.default: _select_translation}
     try:
         with _quiet():
             program = torch.onnx.export(
@@ -55,6 +57,8 @@ def export_to_ir(encoder: PrunedEncoder, batch: int) -> ir.Model:
         raise ExportError(
             f"torch.onnx.export failed: {str(exc).strip().splitlines()[0]}; rerun with --verbose"
         ) from exc
+    if program is None:
+        raise ExportError("torch.onnx.export returned no program; rerun with --verbose")
     return program.model
 
 

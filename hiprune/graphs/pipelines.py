@@ -19,7 +19,7 @@ from hiprune.graphs.passes import (
 
 def finalize_onnx(model: ir.Model, metadata: Mapping[str, str]) -> ir.Model:
     """Exporter output → the ONNX target's artifact, checked."""
-    passes = []
+    passes: list[ir.passes.PassBase] = []
     if select_nodes(model):
         passes.append(AttachSelectFunctionPass())  # before checking: the checker must see the body
     passes += [

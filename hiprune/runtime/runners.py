@@ -9,7 +9,7 @@ import abc
 import dataclasses
 import time
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -73,7 +73,7 @@ class BaseRunner(abc.ABC):
     def infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
 
-_ORT_DTYPES = {
+_ORT_DTYPES: dict[str, np.dtype] = {
     "tensor(float)": np.dtype(np.float32),
     "tensor(int64)": np.dtype(np.int64),
     "tensor(float16)": np.dtype(np.float16),
@@ -96,7 +96,7 @@ class OrtRunner(BaseRunner):
         self.model_path = Path(model_path)
         self.providers = providers
         self.intra_op_threads = intra_op_threads
-        self.session = None
+        self.session: Any = None
 
     def activate_impl(self) -> None:
         import onnxruntime as ort

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from hiprune.errors import CheckpointError
 from hiprune.export.adapters.base import EncoderAdapter, EncoderSpec, VisionTrunk
 from hiprune.export.adapters.llava_clip import LlavaClipAdapter
@@ -9,7 +11,7 @@ from hiprune.export.adapters.llava_clip import LlavaClipAdapter
 ADAPTERS: tuple[type[EncoderAdapter], ...] = (LlavaClipAdapter,)
 
 
-def adapter_for(config: object, source: str) -> EncoderAdapter:
+def adapter_for(config: Any, source: str) -> EncoderAdapter:
     """The adapter that serves ``config``, or a :class:`CheckpointError` naming what is supported."""
     for adapter in ADAPTERS:
         if adapter.matches(config):

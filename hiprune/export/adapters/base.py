@@ -10,7 +10,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 from collections.abc import Mapping
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -61,13 +61,13 @@ class EncoderAdapter(abc.ABC):
     name: ClassVar[str]
     description: ClassVar[str]
 
-    def __init__(self, config: object) -> None:
+    def __init__(self, config: Any) -> None:
         self.config = config
         self.spec = self.read_spec()
 
     @classmethod
     @abc.abstractmethod
-    def matches(cls, config: object) -> bool:
+    def matches(cls, config: Any) -> bool:
         """Whether this adapter handles a checkpoint with this transformers config."""
 
     @abc.abstractmethod

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import ClassVar
+from collections.abc import Iterable, Mapping
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers.models.clip.modeling_clip import CLIPEncoderLayer, CLIPVisionEmbeddings
+from transformers.models.clip.modeling_clip import CLIPAttention, CLIPEncoderLayer, CLIPVisionEmbeddings
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
 from hiprune.errors import CheckpointError
@@ -35,12 +35,11 @@ class ClipTrunk(VisionTrunk):
     so checkpoint tensors load by name.
     """
 
-    def __init__(self, vision_config: object, num_layers: int, score_layers: tuple[int, ...]) -> None:
+    def __init__(self, vision_config: Any, num_layers: int, score_layers: tuple[int, ...]) -> None:
         super().__init__()
         self.embeddings = CLIPVisionEmbeddings(vision_config)
         self.pre_layrnorm = nn.LayerNorm(vision_config.hidden_size, eps=vision_config.layer_norm_eps)
-        self.encoder = nn.Module()
-        self.encoder.layers = nn.ModuleList(CLIPEncoderLayer(vision_config) for _ in range(num_layers))
+        self.encoder = _Layers(CLIPEncoderLayer(vision_config) for _ in range(num_layers))
         self.score_layers = score_layers
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
@@ -60,15 +59,23 @@ class ClipTrunk(VisionTrunk):
         return self.pre_layrnorm(x)
 
 
+class _Layers(nn.Module):
+    """Holds ``layers`` so parameter names read ``encoder.layers.N.*`` as in ``CLIPVisionModel``."""
+
+    def __init__(self, layers: Iterable[nn.Module]) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+
+
 def _layer_forward(
-    layer: CLIPEncoderLayer, x: torch.Tensor, want_probs: bool
+    layer: Any, x: torch.Tensor, want_probs: bool
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     attn_out, probs = _attention(layer.self_attn, layer.layer_norm1(x), want_probs)
     x = x + attn_out
     return x + layer.mlp(layer.layer_norm2(x)), probs
 
 
-def _attention(attn: nn.Module, x: torch.Tensor, want_probs: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _attention(attn: CLIPAttention, x: torch.Tensor, want_probs: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Fused SDPA, or the explicit softmax where HiPrune reads the probabilities."""
     batch, tokens, width = x.shape
     heads = attn.num_heads
@@ -91,7 +98,7 @@ class LlavaClipAdapter(EncoderAdapter):
     description: ClassVar[str] = "LLaVA-1.5 (model_type 'llava' with a CLIP vision tower)"
 
     @classmethod
-    def matches(cls, config: object) -> bool:
+    def matches(cls, config: Any) -> bool:
         vision = getattr(config, "vision_config", None)
         return (
             getattr(config, "model_type", None) == "llava"
