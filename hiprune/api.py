@@ -9,7 +9,7 @@ from typing import Any
 from hiprune import __version__
 from hiprune.artifacts import check_output_dir, read_manifest, staged_output, write_manifest
 from hiprune.config import HiPruneConfig
-from hiprune.errors import BackendUnavailableError, ConfigError, ExportError
+from hiprune.errors import ConfigError, ExportError
 from hiprune.progress import Steps
 from hiprune.runtime.compare import Comparison
 from hiprune.targets import BuildJob, get_target
@@ -26,6 +26,7 @@ class ExportRequest:
     output: Path | None = None
     force: bool = False
     allow_pickle: bool = False
+    options: dict[str, str] = dataclasses.field(default_factory=dict)  # target-specific: precision, device, ...
 
     def output_dir(self) -> Path:
         if self.output is not None:
@@ -48,7 +49,9 @@ class ExportResult:
         """The rows the CLI prints."""
         shapes = self.manifest["outputs"]
         rows = {
-            "target": self.manifest["target"],
+            "target": " ".join(
+                [self.manifest["target"], *(f"{k}={v}" for k, v in self.manifest["target_options"].items())]
+            ),
             "source": self.manifest["source"]["source"],
             "kept tokens": f"{self.manifest['encoder']['kept']} of {self.manifest['encoder']['num_tokens']}",
             "pixel_values": _tensor(self.manifest["inputs"]["pixel_values"]),
@@ -83,14 +86,13 @@ def export(request: ExportRequest, steps: Steps | None = None) -> ExportResult:
     from hiprune.export.models import load_encoder
 
     steps = steps or Steps(quiet=True)
-    target_cls = get_target(request.target)
+    target = get_target(request.target)(request.options)
     if request.batch < 1:
         raise ConfigError(f"--batch {request.batch} must be at least 1; pass the number of images per call")
     request.hiprune.validate_static()
     output = request.output_dir()
     check_output_dir(output, request.force)
-    if (missing := target_cls.missing()) is not None:
-        raise BackendUnavailableError(missing)
+    target.check_available()
     if request.model is None:
         steps.note(
             "[yellow]No --model given: exporting the LLaVA-1.5-7B vision tower + projector architecture "
@@ -102,10 +104,10 @@ def export(request: ExportRequest, steps: Steps | None = None) -> ExportResult:
     metadata = _metadata(request, loaded, cfg)
     job = BuildJob(loaded=loaded, batch=request.batch, metadata=metadata, steps=steps)
     with staged_output(output, request.force) as stage:
-        built = target_cls().build(job, stage)
+        built = target.build(job, stage)
         if built.comparison is not None and not built.comparison.ok:
             raise ExportError(f"the {request.target} artifact disagrees with PyTorch: {built.comparison.describe()}")
-        body = _manifest_body(request, loaded, cfg, built)
+        body = _manifest_body(request, loaded, cfg, built, target.settings)
         write_manifest(stage, body)
     return ExportResult(output, output / built.artifact, read_manifest(output), built.comparison, built.note)
 
@@ -123,7 +125,9 @@ def _metadata(request: ExportRequest, loaded: Any, cfg: Any) -> dict[str, str]:
     }
 
 
-def _manifest_body(request: ExportRequest, loaded: Any, cfg: Any, built: Any) -> dict[str, Any]:
+def _manifest_body(
+    request: ExportRequest, loaded: Any, cfg: Any, built: Any, target_settings: dict[str, str]
+) -> dict[str, Any]:
     spec = loaded.adapter.spec
     batch, kept = request.batch, cfg.kept
     return {
@@ -143,6 +147,7 @@ def _manifest_body(request: ExportRequest, loaded: Any, cfg: Any, built: Any) ->
             "image_embeds": {"shape": [batch, kept, spec.embed_dim], "dtype": "float32"},
             "indices": {"shape": [batch, kept], "dtype": "int64"},
         },
+        "target_options": target_settings,
         "target_details": built.details,
         "verification": None if built.comparison is None else dataclasses.asdict(built.comparison),
     }

@@ -1,10 +1,11 @@
-"""``hiprune-export``: a thin Click layer over :func:`hiprune.api.export`."""
+"""``hiprune-export``: a thin Click layer over :func:`hiprune.api.export` (and ``build-engine``)."""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import click
 
@@ -17,9 +18,32 @@ if TYPE_CHECKING:
 
     from hiprune.api import ExportResult
 
+TARGET_OPTION_HELP = {
+    "precision": "Precision. tensorrt: fp16 (default, strongly typed, selection in fp32), bf16, fp32.",
+    "device": "tensorrt: gpu (default), jetson-orin, jetson-thor — build settings sized for the device.",
+    "build": "tensorrt: auto (default: engine if TensorRT + GPU are here, else a bundle), now, defer.",
+}
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
-@click.option("--target", type=click.Choice(sorted(TARGETS)), required=True, help="Artifact to build.")
+
+def _run(action: Callable[[], Any], verbose: bool) -> Any:
+    """Runs ``action``; a HiPruneError becomes one line on stderr and its exit code (a traceback with --verbose)."""
+    try:
+        return action()
+    except HiPruneError as exc:
+        if verbose:
+            raise
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("error: interrupted; nothing was written", err=True)
+        sys.exit(130)
+
+
+@click.group(
+    invoke_without_command=True,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
+)
+@click.option("--target", type=click.Choice(sorted(TARGETS)), default=None, help="Artifact to build (required).")
 @click.option("--keep", type=int, default=64, show_default=True, help="Visual tokens kept per image (K).")
 @click.option(
     "--model",
@@ -59,10 +83,15 @@ if TYPE_CHECKING:
 @click.option(
     "--allow-pickle", is_flag=True, help="Accept pytorch_model.bin weights (pickle) when no safetensors exist."
 )
+@click.option("--precision", default=None, help=TARGET_OPTION_HELP["precision"])
+@click.option("--device", default=None, help=TARGET_OPTION_HELP["device"])
+@click.option("--build", "build_mode", default=None, help=TARGET_OPTION_HELP["build"])
 @click.option("--verbose", is_flag=True, help="Show tracebacks on errors.")
 @click.version_option(package_name="hiprune-export")
+@click.pass_context
 def main(
-    target: str,
+    ctx: click.Context,
+    target: str | None,
     keep: int,
     model: str | None,
     alpha: float,
@@ -73,13 +102,26 @@ def main(
     output: Path | None,
     force: bool,
     allow_pickle: bool,
+    precision: str | None,
+    device: str | None,
+    build_mode: str | None,
     verbose: bool,
 ) -> None:
-    """Export a VLM's vision encoder + projector with HiPrune token selection built into the graph."""
+    """Export a VLM's vision encoder + projector with HiPrune token selection built into the graph.
+
+    \b
+    hiprune-export --target onnx --keep 64 [--model DIR_OR_ID] ...
+    hiprune-export build-engine BUNDLE_DIR        (on the device, for --target tensorrt bundles)
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    if target is None:
+        raise click.UsageError(f"Missing option '--target' (one of: {', '.join(sorted(TARGETS))}).")
     from rich.console import Console
 
-    console = Console()
-    try:
+    given = {"precision": precision, "device": device, "build": build_mode}
+
+    def action() -> ExportResult:
         from hiprune.api import ExportRequest, export
         from hiprune.config import HiPruneConfig
         from hiprune.progress import Steps
@@ -98,17 +140,26 @@ def main(
             output=output,
             force=force,
             allow_pickle=allow_pickle,
+            options={k: v for k, v in given.items() if v is not None},
         )
-        result = export(request, Steps(Console(stderr=True)))
-    except HiPruneError as exc:
-        if verbose:
-            raise
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        click.echo("error: interrupted; nothing was written", err=True)
-        sys.exit(130)
-    _print_summary(console, result)
+        return export(request, Steps(Console(stderr=True)))
+
+    _print_summary(Console(), _run(action, verbose))
+
+
+@main.command("build-engine")
+@click.argument("bundle_dir", type=click.Path(path_type=Path))
+@click.option("--verbose", is_flag=True, help="Show tracebacks on errors.")
+def build_engine_command(bundle_dir: Path, verbose: bool) -> None:
+    """Build model.engine from a --target tensorrt bundle, on the device (needs TensorRT and a GPU)."""
+
+    def action() -> Any:
+        from hiprune.targets.tensorrt import build_engine_from_bundle
+
+        return build_engine_from_bundle(bundle_dir)
+
+    check = _run(action, verbose)
+    click.echo(f"built {bundle_dir / 'model.engine'}; engine vs ONNX Runtime: {check.describe()}")
 
 
 def _print_summary(console: Console, result: ExportResult) -> None:

@@ -99,3 +99,15 @@ class StaticShapesPass(InPlacePass):
                     "(export with a fixed --batch and image size)"
                 )
         return PassResult(model, modified=False)
+
+
+class FoldConstantsPass(InPlacePass):
+    """Constant folding and dead-node removal (onnxscript's optimizer); with static shapes this turns every
+    shape computation, and every TopK K, into an initializer."""
+
+    def call(self, model: ir.Model) -> PassResult:
+        import onnxscript.optimizer
+
+        before = sum(1 for _ in model.graph)
+        onnxscript.optimizer.optimize(model)
+        return PassResult(model, modified=sum(1 for _ in model.graph) != before)

@@ -40,3 +40,20 @@ def inline_for_parsers(model: ir.Model) -> ir.Model:
         StaticShapesPass(),
     ]
     return PassManager(passes)(model).model
+
+
+def tensorrt_ready(model: ir.Model, precision: str) -> ir.Model:
+    """A finalized model → what TensorRT's parser builds as a strongly typed network, checked against its table."""
+    from hiprune.graphs.passes import FoldConstantsPass
+    from hiprune.graphs.precision import convert_precision
+    from hiprune.graphs.tensorrt_compat import TensorRTCompatibilityPass
+
+    model = convert_precision(model, precision)  # first: the fp32 island is found by the Select node
+    passes = [
+        InlineSelectPass(),  # no custom domain: the parser would need a plugin
+        FoldConstantsPass(),  # static shapes fold Shape/Range away; TopK's K becomes an initializer
+        ShapeInferencePass(),
+        CheckerPass(full_check=True),
+        TensorRTCompatibilityPass(),  # last: judges exactly the graph that ships
+    ]
+    return PassManager(passes)(model).model

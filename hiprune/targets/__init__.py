@@ -5,11 +5,19 @@ from __future__ import annotations
 import importlib
 
 from hiprune.errors import ConfigError
-from hiprune.targets.base import BuildJob, BuildOutput, Target
+from hiprune.targets.base import OPTION_OWNERS, BuildJob, BuildOutput, Target, TargetOption
 
 TARGETS: dict[str, str] = {
     "onnx": "hiprune.targets.onnx:OnnxTarget",
+    "tensorrt": "hiprune.targets.tensorrt:TensorRTTarget",
 }
+# target-specific options, by target (kept here so the CLI and error messages need no target import)
+OPTION_OWNERS.update(
+    {
+        "onnx": (),
+        "tensorrt": ("device", "precision", "build"),
+    }
+)
 
 
 def get_target(name: str) -> type[Target]:
@@ -19,4 +27,4 @@ def get_target(name: str) -> type[Target]:
     return getattr(importlib.import_module(module), cls)
 
 
-__all__ = ["TARGETS", "BuildJob", "BuildOutput", "Target", "get_target"]
+__all__ = ["OPTION_OWNERS", "TARGETS", "BuildJob", "BuildOutput", "Target", "TargetOption", "get_target"]

@@ -17,5 +17,12 @@ def test_registered_target_is_tested(name):
 
 
 def test_unknown_target_lists_available():
-    with pytest.raises(ConfigError, match="--target 'nope' is not known; available: onnx"):
+    with pytest.raises(ConfigError, match="--target .nope. is not known; available: onnx, tensorrt"):
         get_target("nope")
+
+
+@pytest.mark.parametrize("name", sorted(TARGETS))
+def test_option_owners_match_target_options(name):
+    from hiprune.targets import OPTION_OWNERS
+
+    assert OPTION_OWNERS[name] == tuple(get_target(name).options)

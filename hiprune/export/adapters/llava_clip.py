@@ -67,9 +67,7 @@ class _Layers(nn.Module):
         self.layers = nn.ModuleList(layers)
 
 
-def _layer_forward(
-    layer: Any, x: torch.Tensor, want_probs: bool
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _layer_forward(layer: Any, x: torch.Tensor, want_probs: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     attn_out, probs = _attention(layer.self_attn, layer.layer_norm1(x), want_probs)
     x = x + attn_out
     return x + layer.mlp(layer.layer_norm2(x)), probs

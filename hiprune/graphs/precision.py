@@ -1,0 +1,90 @@
+"""Mixed precision for strongly typed TensorRT networks: the graph's tensor types *are* the precision.
+
+Everything becomes fp16 (or bf16) except an fp32 island that accuracy needs:
+- the selection: ``hiprune::Select`` and the score chains feeding it (score-layer ``Softmax`` → means →
+  slice), so anchors and registers are ranked on fp32 scores;
+- ``LayerNormalization``, whose variance overflows in fp16 on ViT activations (TensorRT warns about exactly
+  this and recommends keeping layernorm in fp32);
+- for bf16 only, ``Conv`` (the patch embedding): opset 18's Conv has no bf16 type.
+Graph inputs and outputs keep fp32 (``pixel_values`` in, ``image_embeds`` out) so callers see one interface.
+
+fp16 conversion is onnxconverter-common's (casts at every island boundary); bf16 is that graph with every
+fp16 type, cast and initializer rewritten to bf16.
+"""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import onnx_ir as ir
+from onnx_ir.passes import InPlacePass, PassResult
+
+from hiprune.graphs.passes import select_nodes
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+FP32_OPS = {"fp16": ("LayerNormalization",), "bf16": ("LayerNormalization", "Conv")}
+SCORE_CHAIN_OPS = ("Slice", "ReduceMean", "Squeeze", "Reshape", "Softmax")
+
+
+def fp32_island(model: ir.Model, fp32_ops: tuple[str, ...]) -> list[str]:
+    """Names of the nodes kept in fp32: Select, its score chains up to their Softmax, and ``fp32_ops``."""
+    island: list[ir.Node] = []
+    for select in select_nodes(model):
+        island.append(select)
+        for value in select.inputs:
+            node = value.producer() if value is not None else None
+            while node is not None and node.op_type in SCORE_CHAIN_OPS:
+                island.append(node)
+                source = node.inputs[0]
+                if node.op_type == "Softmax" or source is None:
+                    break
+                node = source.producer()
+    island += [node for node in model.graph if node.op_type in fp32_ops]
+    return [node.name for node in island if node.name]
+
+
+def convert_precision(model: ir.Model, precision: str) -> ir.Model:
+    """Returns ``model`` in ``precision`` (fp32: unchanged) with the fp32 island kept. Run before inlining."""
+    if precision == "fp32":
+        return model
+    from onnxconverter_common import float16
+
+    island = fp32_island(model, FP32_OPS[precision])
+    proto = ir.serde.serialize_model(model)
+    converted = float16.convert_float_to_float16(
+        proto, keep_io_types=True, node_block_list=island, disable_shape_infer=True
+    )
+    result = ir.serde.deserialize_model(converted)
+    if precision == "bf16":
+        Float16ToBfloat16Pass()(result)
+    return result
+
+
+class Float16ToBfloat16Pass(InPlacePass):
+    """Rewrites every fp16 tensor type, ``Cast(to=FLOAT16)`` and fp16 initializer/constant to bf16."""
+
+    def call(self, model: ir.Model) -> PassResult:
+        modified = False
+        for name, value in list(model.graph.initializers.items()):
+            if value.dtype == ir.DataType.FLOAT16 and value.const_value is not None:
+                value.const_value = _to_bf16(value.const_value, name)
+                modified = True
+        for node in ir.traversal.RecursiveGraphIterator(model.graph):
+            if node.op_type == "Cast" and node.attributes.get_int("to") == ir.DataType.FLOAT16:
+                node.attributes["to"] = ir.AttrInt64("to", ir.DataType.BFLOAT16)
+                modified = True
+            if node.op_type == "Constant" and "value" in node.attributes:
+                tensor = node.attributes["value"].as_tensor()
+                if tensor.dtype == ir.DataType.FLOAT16:
+                    node.attributes["value"] = ir.AttrTensor("value", _to_bf16(tensor, tensor.name))
+                    modified = True
+            for maybe in (*node.inputs, *node.outputs):
+                if maybe is not None and maybe.dtype == ir.DataType.FLOAT16:
+                    maybe.dtype = ir.DataType.BFLOAT16
+                    modified = True
+        return PassResult(model, modified=modified)
+
+
+def _to_bf16(tensor: ir.TensorProtocol, name: str | None) -> ir.Tensor:
+    array = tensor.numpy().astype(np.float32).astype(ml_dtypes.bfloat16)
+    return ir.Tensor(array, name=name)

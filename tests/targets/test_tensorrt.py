@@ -1,0 +1,283 @@
+"""--target tensorrt on CPU: the parser-ready graph (ORT parity vs the oracle), precision typing, the op-table
+check, the bundle's scripts, and clean refusals. Engine builds need TensorRT + a GPU and skip here."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+import torch
+from click.testing import CliRunner
+from oracle import paper_select, reference_scores
+
+from hiprune.api import ExportRequest, export
+from hiprune.backends import tensorrt_missing
+from hiprune.cli import main
+from hiprune.config import HiPruneConfig
+from hiprune.errors import BackendUnavailableError, ConfigError, ExportError
+from hiprune.graphs.tensorrt_compat import MAX_TOPK_K, TensorRTCompatibilityPass
+from hiprune.runtime import OrtRunner
+from hiprune.targets.tensorrt import PROFILES, EngineSettings, TensorRTTarget, write_scripts
+
+needs_tensorrt = pytest.mark.skipif(tensorrt_missing() is not None, reason=f"{tensorrt_missing()}")
+
+
+def _export(path, tmp_path, precision="fp32", device="gpu", batch=1, **hiprune):
+    config = HiPruneConfig(**hiprune)
+    options = {"precision": precision, "device": device, "build": "defer"}
+    return export(
+        ExportRequest(
+            hiprune=config,
+            target="tensorrt",
+            model=str(path),
+            batch=batch,
+            output=tmp_path / f"trt-{precision}",
+            options=options,
+        )
+    )
+
+
+def _oracle_indices(reference_model, path, manifest, pixel_values):
+    model = reference_model(path)
+    h = manifest["hiprune"]
+    s_obj, s_deep, _ = reference_scores(model, pixel_values, h["object_layer"], h["deep_layer"])
+    return paper_select(s_obj, s_deep, h["keep"], h["alpha"], manifest["encoder"]["grid"][1], h["neighbors"])
+
+
+def _pixels(batch, size, seed=21):
+    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed)) * 2
+
+
+@pytest.mark.parametrize(
+    ("geometry", "hiprune", "batch"),
+    [
+        (dict(), dict(keep=10, alpha=1.0), 1),
+        (dict(image_size=40), dict(keep=12, alpha=0.5, neighbors="grid"), 3),
+        (dict(image_size=56, layers=6), dict(keep=20, alpha=0.3, object_layer=2), 1),
+        (dict(image_size=56, layers=6), dict(keep=5, alpha=0.0), 1),  # anchors = 0
+    ],
+)
+def test_parser_ready_graph_matches_oracle(tiny_checkpoint, reference_model, tmp_path, geometry, hiprune, batch):
+    path = tiny_checkpoint(**geometry)
+    result = _export(path, tmp_path, batch=batch, **hiprune)
+    model = onnx.load(result.output / "model.onnx")
+    assert not model.functions
+    assert all(node.domain in ("", "ai.onnx") for node in model.graph.node)
+    for value in (*model.graph.input, *model.graph.output):
+        assert all(d.HasField("dim_value") for d in value.type.tensor_type.shape.dim), value.name
+    TensorRTCompatibilityPass()(ir.load(result.output / "model.onnx"))
+    size = result.manifest["inputs"]["pixel_values"]["shape"][-1]
+    pixel_values = _pixels(batch, size)
+    with torch.no_grad():
+        want = _oracle_indices(reference_model, path, result.manifest, pixel_values)
+    with OrtRunner(result.output / "model.onnx") as runner:
+        got = runner.infer({"pixel_values": pixel_values.numpy()})
+    np.testing.assert_array_equal(got["indices"], want.numpy())
+
+
+def _dtypes(path):
+    model = ir.load(path)
+    return model, {(node.op_type, node.outputs[0].dtype) for node in model.graph}
+
+
+def test_fp16_strongly_typed_graph_keeps_selection_fp32(tiny_checkpoint, reference_model, tmp_path):
+    path = tiny_checkpoint(image_size=40)
+    result = _export(path, tmp_path, precision="fp16", keep=10, alpha=0.5)
+    model, kinds = _dtypes(result.output / "model.onnx")
+    assert ("MatMul", ir.DataType.FLOAT16) in kinds and ("Conv", ir.DataType.FLOAT16) in kinds
+    assert ("LayerNormalization", ir.DataType.FLOAT16) not in kinds
+    for node in model.graph:
+        if node.op_type in ("TopK", "ReduceMean", "LayerNormalization"):
+            assert node.inputs[0].dtype == ir.DataType.FLOAT, node.name
+    assert model.graph.inputs[0].dtype == ir.DataType.FLOAT and model.graph.outputs[0].dtype == ir.DataType.FLOAT
+    checks = result.manifest["target_details"]["checks"]
+    assert checks["fp32_tensorrt_ready_on_ort"]["indices_equal"] is True
+    assert checks["bundle_graph_on_ort"]["index_agreement"] >= 0.9
+    pixel_values = _pixels(1, 40)
+    with torch.no_grad():
+        want = _oracle_indices(reference_model, path, result.manifest, pixel_values).numpy()
+    with OrtRunner(result.output / "model.onnx") as runner:
+        got = runner.infer({"pixel_values": pixel_values.numpy()})
+    assert (got["indices"] == want).mean() >= 0.9
+
+
+def test_bf16_graph_types(tiny_checkpoint, tmp_path):
+    result = _export(tiny_checkpoint(), tmp_path, precision="bf16", keep=6)
+    model, kinds = _dtypes(result.output / "model.onnx")
+    assert ("MatMul", ir.DataType.BFLOAT16) in kinds and ir.DataType.FLOAT16 not in {k[1] for k in kinds}
+    assert ("Conv", ir.DataType.FLOAT) in kinds  # opset 18 Conv has no bf16
+    TensorRTCompatibilityPass()(model)
+    assert result.manifest["target_details"]["checks"]["bundle_graph_on_ort"].startswith("not run")
+
+
+def _one_node_model(op, inputs, outputs, nodes_extra=(), initializers=()):
+    graph = onnx.helper.make_graph(
+        [
+            *nodes_extra,
+            onnx.helper.make_node(
+                op,
+                [i.name for i in inputs[:1]] + [*[i.name for i in inputs[1:]]],
+                [o.name for o in outputs],
+                name=f"planted_{op}",
+            ),
+        ],
+        "g",
+        [i for i in inputs if not any(i.name == t.name for t in initializers)],
+        outputs,
+        initializer=list(initializers),
+    )
+    return ir.serde.deserialize_model(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)]))
+
+
+def _vi(name, dtype, shape):
+    return onnx.helper.make_tensor_value_info(name, dtype, shape)
+
+
+F, I64 = onnx.TensorProto.FLOAT, onnx.TensorProto.INT64
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (
+            lambda: _one_node_model("NonZero", [_vi("x", F, [4])], [_vi("y", I64, [1, 4])]),
+            r"node 'planted_NonZero' \(NonZero\): output shape depends on the data",
+        ),
+        (
+            lambda: _one_node_model("Relu", [_vi("x", F, ["batch", 4])], [_vi("y", F, ["batch", 4])]),
+            r"graph value 'x' has shape .*batch.*static shapes",
+        ),
+        (
+            lambda: _one_node_model(
+                "TopK", [_vi("x", F, [1, 8]), _vi("k", I64, [1])], [_vi("v", F, [1, 2]), _vi("i", I64, [1, 2])]
+            ),
+            r"node 'planted_TopK' \(TopK\): input 1 \('k'\) must be a constant initializer",
+        ),
+        (
+            lambda: _one_node_model(
+                "TopK",
+                [_vi("x", F, [1, 5000]), _vi("k", I64, [1])],
+                [_vi("v", F, [1, 4000]), _vi("i", I64, [1, 4000])],
+                initializers=[onnx.numpy_helper.from_array(np.array([4000]), "k")],
+            ),
+            rf"node 'planted_TopK' \(TopK\): K = 4000 exceeds TensorRT's TopK limit of {MAX_TOPK_K}",
+        ),
+        (
+            lambda: _one_node_model(
+                "TopK",
+                [_vi("x", I64, [1, 8]), _vi("k", I64, [1])],
+                [_vi("v", I64, [1, 2]), _vi("i", I64, [1, 2])],
+                initializers=[onnx.numpy_helper.from_array(np.array([2]), "k")],
+            ),
+            r"\(TopK\): input type INT64 is not one TensorRT takes here",
+        ),
+    ],
+)
+def test_compatibility_pass_names_offenders(build, message):
+    with pytest.raises(ExportError, match=message):
+        TensorRTCompatibilityPass()(build())
+
+
+@pytest.mark.parametrize("device", sorted(PROFILES))
+def test_scripts_carry_the_profile_flags(tmp_path, device):
+    engine = EngineSettings.for_profile(device, "fp16")
+    write_scripts(tmp_path, engine)
+    build = (tmp_path / "build_engine.sh").read_text()
+    compare = (tmp_path / "compare.sh").read_text()
+    profile = PROFILES[device]
+    command = next(line for line in build.splitlines() if "--onnx=" in line)
+    args = shlex.split(command)
+    for flag in (
+        "--onnx=model.onnx",
+        "--saveEngine=model.engine",
+        "--stronglyTyped",
+        "--timingCacheFile=timing.cache",
+        f"--memPoolSize=workspace:{profile.workspace_mib}M",
+        f"--builderOptimizationLevel={profile.builder_optimization_level}",
+    ):
+        assert flag in args, flag
+    assert "--fp16" not in args  # strongly typed: precision comes from the graph, not builder flags
+    assert re.search(r"polygraphy run model.onnx --trt --onnxrt --strongly-typed", compare)
+    assert f"workspace:{profile.workspace_mib}M" in compare and "image_embeds:0.05" in compare
+    assert (tmp_path / "build_engine.sh").stat().st_mode & 0o111
+
+
+def test_bundle_manifest_records_profile(tiny_checkpoint, tmp_path):
+    result = _export(tiny_checkpoint(), tmp_path, precision="fp16", device="jetson-orin", keep=6)
+    details = json.loads((result.output / "manifest.json").read_text())["target_details"]
+    assert details["engine_settings"] == {
+        "device": "jetson-orin",
+        "precision": "fp16",
+        "workspace_mib": 2048,
+        "builder_optimization_level": 3,
+    }
+    assert details["engine_built"] is False and "--stronglyTyped" in details["trtexec"]
+    assert sorted(p.name for p in result.output.iterdir()) == [
+        "build_engine.sh",
+        "compare.sh",
+        "manifest.json",
+        "model.onnx",
+        "model.onnx.data",
+    ]
+
+
+@pytest.mark.parametrize("precision", ["int8", "fp8"])
+def test_calibrated_precisions_are_refused(precision):
+    with pytest.raises(ConfigError, match=rf"--precision {precision} needs calibration data"):
+        TensorRTTarget({"precision": precision})
+
+
+def test_option_of_another_target_is_refused():
+    from hiprune.targets.onnx import OnnxTarget
+
+    with pytest.raises(ConfigError, match="--device does not apply to --target onnx; it applies to: tensorrt"):
+        OnnxTarget({"device": "gpu"})
+
+
+@pytest.mark.skipif(tensorrt_missing() is None, reason="TensorRT and a GPU are present")
+def test_build_now_without_tensorrt_fails_cleanly(tiny_checkpoint, tmp_path):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        main,
+        [
+            "--target",
+            "tensorrt",
+            "--keep",
+            "4",
+            "--model",
+            str(tiny_checkpoint()),
+            "--build",
+            "now",
+            "--output",
+            str(out),
+        ],
+    )
+    assert result.exit_code == BackendUnavailableError.exit_code
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--build now needs TensorRT and a GPU here" in lines[0]
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_build_engine_command_errors(tiny_checkpoint, tmp_path):
+    result = CliRunner().invoke(main, ["build-engine", str(tmp_path)])
+    assert result.exit_code == ConfigError.exit_code and "is not a TensorRT bundle" in result.stderr
+    if tensorrt_missing() is not None:
+        bundle = _export(tiny_checkpoint(), tmp_path, keep=4).output
+        result = CliRunner().invoke(main, ["build-engine", str(bundle)])
+        assert result.exit_code == BackendUnavailableError.exit_code
+        assert "cannot build the engine here" in result.stderr
+
+
+@pytest.mark.tensorrt
+@needs_tensorrt
+def test_engine_builds_and_matches_ort(tiny_checkpoint, tmp_path):
+    from hiprune.targets.tensorrt import build_engine_from_bundle
+
+    bundle = _export(tiny_checkpoint(), tmp_path, precision="fp16", keep=6).output
+    check = build_engine_from_bundle(bundle)
+    assert check.ok and (bundle / "model.engine").exists()
