@@ -44,6 +44,7 @@ class ExportResult:
     manifest: dict[str, Any]
     comparison: Comparison | None
     note: str | None
+    comparison_label: str = "check vs PyTorch"
 
     def summary(self) -> dict[str, Any]:
         """The rows the CLI prints."""
@@ -61,7 +62,7 @@ class ExportResult:
             "output": str(self.output),
         }
         if self.comparison is not None:
-            rows["check vs PyTorch"] = self.comparison.describe()
+            rows[self.comparison_label] = self.comparison.describe()
         return rows
 
 
@@ -109,7 +110,8 @@ def export(request: ExportRequest, steps: Steps | None = None) -> ExportResult:
             raise ExportError(f"the {request.target} artifact disagrees with PyTorch: {built.comparison.describe()}")
         body = _manifest_body(request, loaded, cfg, built, target.settings)
         write_manifest(stage, body)
-    return ExportResult(output, output / built.artifact, read_manifest(output), built.comparison, built.note)
+    manifest = read_manifest(output)
+    return ExportResult(output, output / built.artifact, manifest, built.comparison, built.note, built.comparison_label)
 
 
 def _metadata(request: ExportRequest, loaded: Any, cfg: Any) -> dict[str, str]:
@@ -130,6 +132,7 @@ def _manifest_body(
 ) -> dict[str, Any]:
     spec = loaded.adapter.spec
     batch, kept = request.batch, cfg.kept
+    dtypes = {"image_embeds": "float32", "indices": "int64", **(built.output_dtypes or {})}
     return {
         "target": request.target,
         "artifact": built.artifact,
@@ -144,8 +147,8 @@ def _manifest_body(
         },
         "inputs": {"pixel_values": {"shape": [batch, 3, *spec.image_size], "dtype": "float32"}},
         "outputs": {
-            "image_embeds": {"shape": [batch, kept, spec.embed_dim], "dtype": "float32"},
-            "indices": {"shape": [batch, kept], "dtype": "int64"},
+            "image_embeds": {"shape": [batch, kept, spec.embed_dim], "dtype": dtypes["image_embeds"]},
+            "indices": {"shape": [batch, kept], "dtype": dtypes["indices"]},
         },
         "target_options": target_settings,
         "target_details": built.details,

@@ -19,9 +19,11 @@ if TYPE_CHECKING:
     from hiprune.api import ExportResult
 
 TARGET_OPTION_HELP = {
-    "precision": "Precision. tensorrt: fp16 (default, strongly typed, selection in fp32), bf16, fp32.",
+    "precision": "tensorrt: fp16 (default, strongly typed, selection fp32), bf16, fp32. coreml: fp16 (default), fp32.",
     "device": "tensorrt: gpu (default), jetson-orin, jetson-thor — build settings sized for the device.",
     "build": "tensorrt: auto (default: engine if TensorRT + GPU are here, else a bundle), now, defer.",
+    "min_target": "coreml: iOS17 (default, same spec as macOS14), macOS14, iOS18, macOS15.",
+    "compute_units": "coreml: all (default), cpu_and_ne, cpu_and_gpu, cpu_only — recorded in the package.",
 }
 
 
@@ -86,6 +88,8 @@ def _run(action: Callable[[], Any], verbose: bool) -> Any:
 @click.option("--precision", default=None, help=TARGET_OPTION_HELP["precision"])
 @click.option("--device", default=None, help=TARGET_OPTION_HELP["device"])
 @click.option("--build", "build_mode", default=None, help=TARGET_OPTION_HELP["build"])
+@click.option("--min-target", default=None, help=TARGET_OPTION_HELP["min_target"])
+@click.option("--compute-units", default=None, help=TARGET_OPTION_HELP["compute_units"])
 @click.option("--verbose", is_flag=True, help="Show tracebacks on errors.")
 @click.version_option(package_name="hiprune-export")
 @click.pass_context
@@ -105,6 +109,8 @@ def main(
     precision: str | None,
     device: str | None,
     build_mode: str | None,
+    min_target: str | None,
+    compute_units: str | None,
     verbose: bool,
 ) -> None:
     """Export a VLM's vision encoder + projector with HiPrune token selection built into the graph.
@@ -119,7 +125,13 @@ def main(
         raise click.UsageError(f"Missing option '--target' (one of: {', '.join(sorted(TARGETS))}).")
     from rich.console import Console
 
-    given = {"precision": precision, "device": device, "build": build_mode}
+    given = {
+        "precision": precision,
+        "device": device,
+        "build": build_mode,
+        "min_target": min_target,
+        "compute_units": compute_units,
+    }
 
     def action() -> ExportResult:
         from hiprune.api import ExportRequest, export

@@ -82,3 +82,24 @@ def _select_fake(
     s_obj: torch.Tensor, s_deep: torch.Tensor, keep: int, anchors: int, grid_width: int, grid_neighbors: bool
 ) -> torch.Tensor:
     return s_deep.new_empty((s_deep.shape[0], keep), dtype=torch.int64)
+
+
+def select_topk_form(
+    s_obj: torch.Tensor, s_deep: torch.Tensor, keep: int, anchors: int, grid_width: int, grid_neighbors: bool
+) -> torch.Tensor:
+    """The same selection in the ops Core ML's mlprogram has (``topk``, ``scatter``, ``gather``, ``sort``).
+
+    Differences from :func:`select_static` are in form only: buffer tokens are raised to +inf with a scatter
+    (missing 2-D neighbours point at their anchor, which is in the set anyway), and ``topk`` replaces the stable
+    sort. The kept set is the same whenever scores have no exact ties; among exactly equal scores the
+    backend's ``topk`` decides.
+    """
+    num_tokens = s_deep.shape[-1]
+    prio = s_deep
+    if anchors > 0:
+        anchor_idx = torch.topk(s_obj, anchors, dim=-1).indices
+        cand = buffer_candidates(anchor_idx, num_tokens, grid_width, grid_neighbors)
+        owner = anchor_idx.unsqueeze(-1).expand(-1, -1, NEIGHBOR_OFFSETS).flatten(1)
+        cand = torch.where(cand < 0, owner, cand)
+        prio = s_deep.scatter(1, cand, torch.full(cand.shape, float("inf"), dtype=s_deep.dtype))
+    return torch.sort(torch.topk(prio, keep, dim=-1).indices, dim=-1).values

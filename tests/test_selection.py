@@ -85,3 +85,16 @@ def test_fake_kernel_gives_static_shape():
         s = torch.empty(3, 576)
         out = torch.ops.hiprune.select(s, s, 64, 1, 24, False)
     assert tuple(out.shape) == (3, 64) and out.dtype == torch.int64
+
+
+@pytest.mark.parametrize("neighbors", ["paper", "grid"])
+def test_topk_form_matches_paper_loop(neighbors):
+    """The Core ML decomposition: same kept set as the oracle for scores without exact ties."""
+    from hiprune.selection import select_topk_form
+
+    rng, gen = random.Random(f"topk{neighbors}"), torch.Generator().manual_seed(5)
+    for _ in range(300):
+        n, width, keep, alpha = _random_case(rng)
+        s_obj, s_deep = _scores(gen, 2, n, "softmax"), _scores(gen, 2, n, "sums")
+        got = select_topk_form(s_obj, s_deep, keep, anchor_count(keep, alpha), width, neighbors == "grid")
+        assert torch.equal(got, paper_select(s_obj, s_deep, keep, alpha, width, neighbors)), (n, width, keep, alpha)

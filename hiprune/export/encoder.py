@@ -73,6 +73,12 @@ class PrunedEncoder(nn.Module):
         return self.projector(kept), indices
 
 
+def example_input(encoder: PrunedEncoder, batch: int, seed: int = 0) -> torch.Tensor:
+    """A normalized-looking ``pixel_values`` tensor of the encoder's static shape (seeded)."""
+    height, width = encoder.input_size
+    return torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(seed))
+
+
 def build_encoder(
     adapter: EncoderAdapter, config: HiPruneConfig, tensors: dict[str, torch.Tensor] | None, seed: int = 0
 ) -> PrunedEncoder:

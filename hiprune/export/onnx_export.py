@@ -13,7 +13,7 @@ import onnx_ir as ir
 import torch
 
 from hiprune.errors import ExportError
-from hiprune.export.encoder import INPUT_NAME, OUTPUT_NAMES, PrunedEncoder
+from hiprune.export.encoder import INPUT_NAME, OUTPUT_NAMES, PrunedEncoder, example_input
 from hiprune.graphs import select_op
 
 OPSET = 18  # ONNX Runtime, TensorRT 8.6+/10.x and the onnx checker all cover opset 18
@@ -23,17 +23,6 @@ def _select_translation(s_obj, s_deep, keep: int, anchors: int, grid_width: int,
     return select_op.select_opset.Select(
         s_obj, s_deep, keep=keep, anchors=anchors, grid_width=grid_width, grid_neighbors=int(grid_neighbors)
     )
-
-
-def example_input(encoder: PrunedEncoder, batch: int, seed: int = 0) -> torch.Tensor:
-    """A normalized-looking ``pixel_values`` tensor of the encoder's static shape."""
-    height, width = _image_size(encoder)
-    return torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(seed))
-
-
-def _image_size(encoder: PrunedEncoder) -> tuple[int, int]:
-    height, width = encoder.input_size
-    return height, width
 
 
 def export_to_ir(encoder: PrunedEncoder, batch: int) -> ir.Model:

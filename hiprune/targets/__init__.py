@@ -10,12 +10,14 @@ from hiprune.targets.base import OPTION_OWNERS, BuildJob, BuildOutput, Target, T
 TARGETS: dict[str, str] = {
     "onnx": "hiprune.targets.onnx:OnnxTarget",
     "tensorrt": "hiprune.targets.tensorrt:TensorRTTarget",
+    "coreml": "hiprune.targets.coreml:CoreMLTarget",
 }
 # target-specific options, by target (kept here so the CLI and error messages need no target import)
 OPTION_OWNERS.update(
     {
         "onnx": (),
         "tensorrt": ("device", "precision", "build"),
+        "coreml": ("precision", "min_target", "compute_units"),
     }
 )
 

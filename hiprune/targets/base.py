@@ -32,6 +32,8 @@ class BuildOutput:
     details: dict[str, Any]
     comparison: Comparison | None = None
     note: str | None = None
+    output_dtypes: dict[str, str] | None = None  # where the artifact's outputs are not float32 / int64
+    comparison_label: str = "check vs PyTorch"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,7 +9,8 @@ import numpy as np
 import onnx_ir as ir
 import torch
 
-from hiprune.export.onnx_export import OPSET, example_input, export_to_ir
+from hiprune.export.encoder import example_input
+from hiprune.export.onnx_export import OPSET, export_to_ir
 from hiprune.graphs.pipelines import finalize_onnx
 from hiprune.runtime.compare import TOLERANCES, Comparison, Tolerance, compare_outputs
 from hiprune.runtime.runners import OrtRunner

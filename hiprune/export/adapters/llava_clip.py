@@ -159,6 +159,8 @@ class LlavaClipAdapter(EncoderAdapter):
             random_init_(holder, seed)
         else:
             _load_exact(holder, tensors)
+        embeddings = holder.trunk.embeddings  # its non-persistent buffer is not in any checkpoint
+        embeddings.position_ids = nn.Buffer(torch.arange(embeddings.num_positions).expand((1, -1)), persistent=False)
         holder.eval()
         return holder.trunk, holder.projector
 
