@@ -23,10 +23,15 @@ def tensorrt_missing() -> str | None:
     return None
 
 
+def coremltools_missing() -> str | None:
+    """coremltools, needed to convert (on any OS)."""
+    if importlib.util.find_spec("coremltools") is None:
+        return "coremltools is not installed (pip install '.[coreml]')"
+    return None
+
+
 def coreml_predict_missing() -> str | None:
     """Core ML predictions need macOS (coremltools converts on Linux but cannot run a model there)."""
     if platform.system() != "Darwin":
         return f"Core ML predictions need macOS; this machine runs {platform.system()}"
-    if importlib.util.find_spec("coremltools") is None:
-        return "coremltools is not installed (pip install '.[coreml]')"
-    return None
+    return coremltools_missing()

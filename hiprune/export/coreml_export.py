@@ -7,20 +7,18 @@ coremltools' ``torch.jit.trace`` path fails on transformers' CLIP code; ``torch.
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 
 from hiprune.errors import ExportError
 from hiprune.export.encoder import PrunedEncoder, example_input
+from hiprune.quiet import quiet
 from hiprune.selection import select_topk_form
 
 
 def export_for_coreml(encoder: PrunedEncoder, batch: int) -> torch.export.ExportedProgram:
     """The exact program handed to coremltools: static shapes, no custom op left."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with quiet("torch.export"):
             program = torch.export.export(encoder, (example_input(encoder, batch),), strict=False)
             program = program.run_decompositions({torch.ops.hiprune.select.default: select_topk_form})
     except Exception as exc:

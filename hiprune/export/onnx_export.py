@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +11,7 @@ import torch
 from hiprune.errors import ExportError
 from hiprune.export.encoder import INPUT_NAME, OUTPUT_NAMES, PrunedEncoder, example_input
 from hiprune.graphs import select_op
+from hiprune.quiet import quiet
 
 OPSET = 18  # ONNX Runtime, TensorRT 8.6+/10.x and the onnx checker all cover opset 18
 
@@ -30,7 +27,7 @@ def export_to_ir(encoder: PrunedEncoder, batch: int) -> ir.Model:
     args = (example_input(encoder, batch),)
     table: dict[Callable[..., Any], Callable[..., Any]] = {torch.ops.hiprune.select.default: _select_translation}
     try:
-        with _quiet():
+        with quiet("torch.onnx", "onnx_ir", "onnxscript"):
             program = torch.onnx.export(
                 encoder,
                 args,
@@ -49,19 +46,3 @@ def export_to_ir(encoder: PrunedEncoder, batch: int) -> ir.Model:
     if program is None:
         raise ExportError("torch.onnx.export returned no program; rerun with --verbose")
     return program.model
-
-
-@contextlib.contextmanager
-def _quiet():
-    """The exporter prints progress lines and warnings of its own; ours is shown instead."""
-    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnx_ir", "onnxscript")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.setLevel(level)

@@ -8,13 +8,7 @@ predictions need macOS, so on Linux the package's spec and MIL program are check
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import io
-import logging
-import os
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -22,9 +16,10 @@ import numpy as np
 import torch
 
 from hiprune import __version__
-from hiprune.backends import coreml_predict_missing
+from hiprune.backends import coreml_predict_missing, coremltools_missing
 from hiprune.errors import BackendUnavailableError, ExportError
 from hiprune.export.coreml_export import export_for_coreml
+from hiprune.quiet import quiet
 from hiprune.runtime.compare import TOLERANCES, Comparison, compare_outputs
 from hiprune.runtime.coreml_runner import METADATA_COMPUTE_UNITS, CoreMLRunner
 from hiprune.targets.base import BuildJob, BuildOutput, Target, TargetOption
@@ -39,14 +34,6 @@ DESCRIPTIONS = {
 }
 
 
-def coremltools_missing() -> str | None:
-    import importlib.util
-
-    if importlib.util.find_spec("coremltools") is None:
-        return "coremltools is not installed (pip install '.[coreml]')"
-    return None
-
-
 class CoreMLTarget(Target):
     name: ClassVar[str] = "coreml"
     options: ClassVar[dict[str, TargetOption]] = {
@@ -58,7 +45,7 @@ class CoreMLTarget(Target):
     def check_available(self) -> None:
         if (missing := coremltools_missing()) is not None:
             raise BackendUnavailableError(f"--target coreml needs coremltools: {missing}")
-        with _quiet():  # its first import prints warnings about torch versions and macOS-only proxies
+        with quiet("coremltools"):  # its first import prints warnings about torch versions and macOS-only proxies
             import coremltools  # noqa: F401
 
     def build(self, job: BuildJob, stage: Path) -> BuildOutput:
@@ -90,7 +77,7 @@ class CoreMLTarget(Target):
 
         height, width = job.loaded.encoder.input_size
         embed_dtype = np.float16 if self.settings["precision"] == "fp16" else np.float32
-        with _quiet():
+        with quiet("coremltools"):
             mlmodel = ct.convert(
                 program,
                 inputs=[ct.TensorType(name="pixel_values", shape=(job.batch, 3, height, width), dtype=np.float32)],
@@ -152,7 +139,7 @@ def check_package(package: Path, job: BuildJob, precision: str, min_target: str)
     import coremltools as ct
     from coremltools.converters.mil.mil.ops.registry import SSAOpRegistry
 
-    with _quiet():
+    with quiet("coremltools"):
         mlmodel = ct.models.MLModel(str(package), skip_model_load=True)
     cfg, spec = job.loaded.encoder.config, mlmodel.get_spec()
     embed_dim = job.loaded.adapter.spec.embed_dim
@@ -179,24 +166,3 @@ def check_package(package: Path, job: BuildJob, precision: str, min_target: str)
     if unknown:
         raise ExportError(f"MIL ops {unknown} are not Core ML ops for {min_target}; the package would not load")
     return ops
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """coremltools prints version warnings and progress bars of its own; the CLI shows its own progress."""
-    previous = os.environ.get("TQDM_DISABLE")
-    os.environ["TQDM_DISABLE"] = "1"
-    try:
-        with (
-            warnings.catch_warnings(),
-            contextlib.redirect_stdout(io.StringIO()),
-            contextlib.redirect_stderr(io.StringIO()),
-        ):
-            warnings.simplefilter("ignore")
-            logging.getLogger("coremltools").setLevel(logging.ERROR)
-            yield
-    finally:
-        if previous is None:
-            os.environ.pop("TQDM_DISABLE", None)
-        else:
-            os.environ["TQDM_DISABLE"] = previous
