@@ -1,11 +1,13 @@
 """ONNX Runtime CPU latency of the pruned artifact vs the --no-prune artifact of the same model, and the
-export cost (wall time, peak RSS) of the default CLIP-L/336 model. Prints JSON; ratios come from one run.
+export cost (wall time, peak RSS) of the default CLIP-L/336 model for each target. Prints JSON; ratios come
+from one run.
 
-    python bench/ort_overhead.py [--runs 15] [--threads 2] [--skip-export-cost]
+    python bench/ort_overhead.py [--runs 15] [--threads 2] [--skip-export-cost] [--skip-latency]
 
 Latency: both artifacts get identical session options; after warm-up, runs alternate pruned / full and the
 medians are compared (ratio = pruned / full; the goal is <= 1.03, i.e. the selection costs no more than the
-projector work it saves). Export cost: `hiprune-export --target onnx --keep 64` in a child process.
+projector work it saves). Export cost: `hiprune-export --target T --keep 64` in a child process, per target
+(tensorrt writes a build bundle where TensorRT is absent).
 """
 
 from __future__ import annotations
@@ -98,8 +100,8 @@ _CHILD = (
 )
 
 
-def export_cost(keep: int) -> dict[str, float]:
-    """Wall time and peak RSS of `hiprune-export --target onnx --keep K` (default model) in a child process."""
+def export_cost(keep: int, target: str) -> dict[str, float]:
+    """Wall time and peak RSS of `hiprune-export --target T --keep K` (default model) in a child process."""
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "hwm_kib"
         cmd = [
@@ -108,7 +110,7 @@ def export_cost(keep: int) -> dict[str, float]:
             _CHILD,
             str(report),
             "--target",
-            "onnx",
+            target,
             "--keep",
             str(keep),
             "--output",
@@ -128,15 +130,18 @@ def main() -> None:
     parser.add_argument("--keep", type=int, default=64)
     parser.add_argument("--skip-export-cost", action="store_true")
     parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument("--targets", default="onnx,tensorrt,coreml", help="targets whose export cost is measured")
     args = parser.parse_args()
     report: dict[str, object] = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "processor": platform.machine()},
         "threads": args.threads,
     }
     if not args.skip_export_cost:  # first, before this process holds any model
-        with console.status("default model: timing `hiprune-export --target onnx --keep 64`"):
-            report["default_export"] = export_cost(args.keep)
-        console.print(f"✓ default export: {report['default_export']}")
+        report["default_export"] = {}
+        for target in args.targets.split(","):
+            with console.status(f"default model: timing `hiprune-export --target {target} --keep {args.keep}`"):
+                report["default_export"][target] = export_cost(args.keep, target)
+            console.print(f"✓ default export, {target}: {report['default_export'][target]}")
     models = {"vit-b16-224": vit_b16_224_config(), "clip-l14-336 (default)": default_llava15_config()}
     if args.skip_latency:
         models = {}

@@ -20,8 +20,10 @@ import onnx_ir as ir
 from onnx_ir.passes import InPlacePass, PassResult
 
 from hiprune.graphs.passes import select_nodes
+from hiprune.quiet import quiet
 
 PRECISIONS = ("fp32", "fp16", "bf16")
+FP16_SMALLEST_SUBNORMAL = 2.0**-24  # smaller magnitudes are clamped to this (the converter's default is 1e-7)
 FP32_OPS = {"fp16": ("LayerNormalization",), "bf16": ("LayerNormalization", "Conv")}
 SCORE_CHAIN_OPS = ("Slice", "ReduceMean", "Squeeze", "Reshape", "Softmax")
 
@@ -51,9 +53,15 @@ def convert_precision(model: ir.Model, precision: str) -> ir.Model:
 
     island = fp32_island(model, FP32_OPS[precision])
     proto = ir.serde.serialize_model(model)
-    converted = float16.convert_float_to_float16(
-        proto, keep_io_types=True, node_block_list=island, disable_shape_infer=True
-    )
+    with quiet():  # one warning per weight below fp16's range otherwise
+        converted = float16.convert_float_to_float16(
+            proto,
+            min_positive_val=FP16_SMALLEST_SUBNORMAL,
+            keep_io_types=True,
+            node_block_list=island,
+            disable_shape_infer=True,
+        )
+    del proto
     result = ir.serde.deserialize_model(converted)
     if precision == "bf16":
         Float16ToBfloat16Pass()(result)
