@@ -115,21 +115,12 @@ def test_bf16_graph_types(tiny_checkpoint, tmp_path):
     assert result.manifest["target_details"]["checks"]["bundle_graph_on_ort"].startswith("not run")
 
 
-def _one_node_model(op, inputs, outputs, nodes_extra=(), initializers=()):
+def _one_node_model(op, inputs, outputs, initializers=()):
+    """A graph of one ``op`` node named ``planted_<op>``; inputs named by an initializer are not graph inputs."""
+    constant_names = {t.name for t in initializers}
+    node = onnx.helper.make_node(op, [i.name for i in inputs], [o.name for o in outputs], name=f"planted_{op}")
     graph = onnx.helper.make_graph(
-        [
-            *nodes_extra,
-            onnx.helper.make_node(
-                op,
-                [i.name for i in inputs[:1]] + [*[i.name for i in inputs[1:]]],
-                [o.name for o in outputs],
-                name=f"planted_{op}",
-            ),
-        ],
-        "g",
-        [i for i in inputs if not any(i.name == t.name for t in initializers)],
-        outputs,
-        initializer=list(initializers),
+        [node], "g", [i for i in inputs if i.name not in constant_names], outputs, initializer=list(initializers)
     )
     return ir.serde.deserialize_model(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)]))
 
