@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from hiprune import __version__
-from hiprune.artifacts import check_output_dir, read_manifest, staged_output, write_manifest
+from hiprune.artifacts import check_output_dir, staged_output, write_manifest
 from hiprune.config import HiPruneConfig
 from hiprune.errors import ConfigError, ExportError
 from hiprune.progress import Steps
@@ -109,8 +109,7 @@ def export(request: ExportRequest, steps: Steps | None = None) -> ExportResult:
         if built.comparison is not None and not built.comparison.ok:
             raise ExportError(f"the {request.target} artifact disagrees with PyTorch: {built.comparison.describe()}")
         body = _manifest_body(request, loaded, cfg, built, target.settings)
-        write_manifest(stage, body)
-    manifest = read_manifest(output)
+        manifest = write_manifest(stage, body)
     return ExportResult(output, output / built.artifact, manifest, built.comparison, built.note, built.comparison_label)
 
 

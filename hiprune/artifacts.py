@@ -77,8 +77,14 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def write_manifest(directory: Path, body: Mapping[str, Any]) -> Path:
-    """Writes ``manifest.json``: ``body`` plus versions, time and the sha256/size of every other file."""
+GENERATED_KEYS = ("format", "created", "versions", "files")  # what write_manifest adds to a body
+
+
+def write_manifest(directory: Path, body: Mapping[str, Any]) -> dict[str, Any]:
+    """Writes ``manifest.json``: ``body`` plus versions, time and the sha256/size of every other file.
+
+    Returns the manifest as written. A ``body`` that is an earlier manifest has its generated keys renewed.
+    """
     files = {}
     for path in sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST):
         rel = path.relative_to(directory).as_posix()
@@ -86,13 +92,12 @@ def write_manifest(directory: Path, body: Mapping[str, Any]) -> Path:
     manifest = {
         "format": MANIFEST_FORMAT,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        **body,
+        **{key: value for key, value in body.items() if key not in GENERATED_KEYS},
         "versions": library_versions(),
         "files": files,
     }
-    target = directory / MANIFEST
-    target.write_text(json.dumps(manifest, indent=2) + "\n")
-    return target
+    (directory / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:

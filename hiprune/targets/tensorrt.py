@@ -11,13 +11,13 @@ engine vs ONNX Runtime) and ``manifest.json``, which ``hiprune-export build-engi
 from __future__ import annotations
 
 import dataclasses
-import json
 import shlex
 import tempfile
 from pathlib import Path
 from typing import Any, ClassVar
 
 from hiprune import __version__
+from hiprune.artifacts import MANIFEST, read_manifest, write_manifest
 from hiprune.backends import tensorrt_missing
 from hiprune.errors import BackendUnavailableError, ConfigError, ExportError
 from hiprune.graphs.pipelines import tensorrt_ready
@@ -246,23 +246,19 @@ def build_and_check(directory: Path, engine: EngineSettings, job: BuildJob | Non
 
 def build_engine_from_bundle(directory: Path) -> Comparison:
     """``hiprune-export build-engine DIR``: the same build as the export's Python path, on the device."""
-    manifest_path = directory / "manifest.json"
-    if not manifest_path.is_file() or not (directory / MODEL_FILE).is_file():
+    if not (directory / MANIFEST).is_file() or not (directory / MODEL_FILE).is_file():
         raise ConfigError(
             f"{directory} is not a TensorRT bundle (no manifest.json / {MODEL_FILE}); "
             "pass the directory `hiprune-export --target tensorrt` wrote"
         )
-    manifest = json.loads(manifest_path.read_text())
+    manifest = read_manifest(directory)
     if manifest.get("target") != "tensorrt":
         raise ConfigError(f"{directory} was exported for --target {manifest.get('target')}, not tensorrt")
     if (missing := tensorrt_missing()) is not None:
         raise BackendUnavailableError(f"cannot build the engine here: {missing}")
     engine = EngineSettings(**manifest["target_details"]["engine_settings"])
     check = build_and_check(directory, engine)
-    from hiprune.artifacts import write_manifest
-
     manifest["target_details"].update(engine_built=True, engine_check=dataclasses.asdict(check))
     manifest["artifact"] = ENGINE_FILE
-    body = {k: v for k, v in manifest.items() if k not in ("format", "created", "versions", "files")}
-    write_manifest(directory, body)
+    write_manifest(directory, manifest)
     return check
