@@ -15,7 +15,6 @@ class Steps:
     def __init__(self, console: Console | None = None, quiet: bool = False) -> None:
         self.console = console or Console(stderr=True)
         self.quiet = quiet
-        self.timings: dict[str, float] = {}
 
     @contextlib.contextmanager
     def step(self, label: str) -> Iterator[None]:
@@ -26,7 +25,6 @@ class Steps:
             with self.console.status(f"{label}…"):
                 yield
         elapsed = time.perf_counter() - start
-        self.timings[label] = elapsed
         if not self.quiet:
             self.console.print(f"[green]✓[/] {label} [dim]({elapsed:.1f} s)[/]")
 

@@ -22,7 +22,6 @@ from onnx_ir.passes import InPlacePass, PassResult
 from hiprune.graphs.passes import select_nodes
 from hiprune.quiet import quiet
 
-PRECISIONS = ("fp32", "fp16", "bf16")
 FP16_SMALLEST_SUBNORMAL = 2.0**-24  # smaller magnitudes are clamped to this (the converter's default is 1e-7)
 FP32_OPS = {"fp16": ("LayerNormalization",), "bf16": ("LayerNormalization", "Conv")}
 SCORE_CHAIN_OPS = ("Slice", "ReduceMean", "Squeeze", "Reshape", "Softmax")
