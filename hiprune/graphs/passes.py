@@ -5,13 +5,18 @@ Pipelines are explicit ordered lists built in :mod:`hiprune.graphs.pipelines`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections import Counter
+from collections.abc import Iterator, Mapping
 
 import onnx_ir as ir
 from onnx_ir.passes import InPlacePass, PassResult, PostconditionError, PreconditionError
 from onnx_ir.passes.common import InlinePass
 
+from hiprune.errors import ExportError
 from hiprune.graphs import select_op
+
+PLACEHOLDER_NAME = re.compile(r"_+\d*")  # a script's throwaway variable (`_`, `__31`), not a name
 
 
 def select_nodes(model: ir.Model) -> list[ir.Node]:
@@ -111,3 +116,57 @@ class FoldConstantsPass(InPlacePass):
         before = sum(1 for _ in model.graph)
         onnxscript.optimizer.optimize(model)
         return PassResult(model, modified=sum(1 for _ in model.graph) != before)
+
+
+class ValueNamesPass(InPlacePass):
+    """Graph contract: every value has a name, no name is a placeholder (``_``), and no name is used twice.
+
+    TensorRT keys its tensors by name (a duplicate fails the engine build deep inside the builder), and a
+    placeholder tells a reader of the graph nothing. The main graph with its subgraphs is one scope; each
+    local function is its own. Changes nothing; fails with an :class:`ExportError` naming the offenders.
+    """
+
+    MAX_LISTED = 5
+
+    def call(self, model: ir.Model) -> PassResult:
+        problems: list[str] = []
+        scopes = [("main graph", model.graph), *((f"function {f.name}", f) for f in model.functions.values())]
+        for scope, graph in scopes:
+            problems += [f"{issue} in the {scope}" for issue in _name_problems(_scope_values(graph))]
+        if problems:
+            shown = "; ".join(problems[: self.MAX_LISTED])
+            more = f" (and {len(problems) - self.MAX_LISTED} more)" if len(problems) > self.MAX_LISTED else ""
+            raise ExportError(
+                f"graph contract: tensor names must be unique and meaningful; found {shown}{more}; "
+                "name every value in the code that builds the graph"
+            )
+        return PassResult(model, modified=False)
+
+
+def _scope_values(graph: ir.Graph | ir.Function) -> Iterator[tuple[ir.Value, str]]:
+    """Each value defined in ``graph`` (inputs, initializers, node outputs, subgraphs too) with where it comes from."""
+    for value in graph.inputs:
+        yield value, "a graph input"
+    if isinstance(graph, ir.Graph):
+        for value in graph.initializers.values():
+            yield value, "an initializer"
+    for node in ir.traversal.RecursiveGraphIterator(graph):
+        for position, value in enumerate(node.outputs):
+            yield value, f"output {position} of node {node.name!r} ({node.op_type})"
+
+
+def _name_problems(values: Iterator[tuple[ir.Value, str]]) -> list[str]:
+    counts: Counter[str] = Counter()
+    problems, seen = [], set()
+    for value, origin in values:
+        if id(value) in seen:  # an initializer that is also a graph input is one value
+            continue
+        seen.add(id(value))
+        if not value.name:
+            problems.append(f"an unnamed value ({origin})")
+        elif PLACEHOLDER_NAME.fullmatch(value.name):
+            problems.append(f"placeholder name {value.name!r} ({origin})")
+        else:
+            counts[value.name] += 1
+    problems += [f"duplicate name {name!r} ({n} values)" for name, n in counts.items() if n > 1]
+    return problems

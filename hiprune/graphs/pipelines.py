@@ -8,13 +8,28 @@ import onnx_ir as ir
 from onnx_ir.passes import PassManager
 from onnx_ir.passes.common import CheckerPass, ShapeInferencePass
 
+from hiprune.errors import HiPruneError
 from hiprune.graphs.passes import (
     AttachSelectFunctionPass,
     InlineSelectPass,
     MetadataPass,
     StaticShapesPass,
+    ValueNamesPass,
     select_nodes,
 )
+
+
+def run_passes(passes: list[ir.passes.PassBase], model: ir.Model) -> ir.Model:
+    """Runs ``passes`` in order; a pass's own :class:`HiPruneError` surfaces as itself, not wrapped by onnx-ir."""
+    try:
+        return PassManager(passes)(model).model
+    except ir.passes.PassError as exc:
+        cause: BaseException | None = exc
+        while cause is not None and not isinstance(cause, HiPruneError):
+            cause = cause.__cause__
+        if cause is None:
+            raise
+        raise cause from None
 
 
 def finalize_onnx(model: ir.Model, metadata: Mapping[str, str]) -> ir.Model:
@@ -26,9 +41,10 @@ def finalize_onnx(model: ir.Model, metadata: Mapping[str, str]) -> ir.Model:
         MetadataPass(metadata),  # provenance travels with the file
         ShapeInferencePass(),  # fills intermediate shapes; strict, so a bad graph fails here, not on device
         CheckerPass(full_check=True),  # onnx checker incl. the function body and types
-        StaticShapesPass(),  # last: the contract users rely on (fixed batch and image size)
+        StaticShapesPass(),  # the contract users rely on (fixed batch and image size)
+        ValueNamesPass(),  # last: unique, meaningful tensor names in exactly the graph that is written
     ]
-    return PassManager(passes)(model).model
+    return run_passes(passes, model)
 
 
 def inline_for_parsers(model: ir.Model) -> ir.Model:
@@ -38,8 +54,9 @@ def inline_for_parsers(model: ir.Model) -> ir.Model:
         ShapeInferencePass(),  # shapes for the new nodes
         CheckerPass(full_check=True),
         StaticShapesPass(),
+        ValueNamesPass(),  # the inlined body's names now live in the main graph
     ]
-    return PassManager(passes)(model).model
+    return run_passes(passes, model)
 
 
 def tensorrt_ready(model: ir.Model, precision: str) -> ir.Model:
@@ -54,6 +71,7 @@ def tensorrt_ready(model: ir.Model, precision: str) -> ir.Model:
         FoldConstantsPass(),  # static shapes fold Shape/Range away; TopK's K becomes an initializer
         ShapeInferencePass(),
         CheckerPass(full_check=True),
+        ValueNamesPass(),  # TensorRT keys tensors by name: a duplicate fails the engine build
         TensorRTCompatibilityPass(),  # last: judges exactly the graph that ships
     ]
-    return PassManager(passes)(model).model
+    return run_passes(passes, model)

@@ -28,45 +28,66 @@ select_opset = onnxscript.values.Opset(DOMAIN, VERSION)
 
 @onnxscript.script(select_opset, default_opset=op)
 def Select(s_obj: FLOAT, s_deep: FLOAT, keep: int, anchors: int, grid_width: int, grid_neighbors: int) -> INT64:
-    """(B, N) object-layer and deep-layer scores → (B, K) ascending kept indices."""
+    """(B, N) object-layer and deep-layer scores → (B, K) ascending kept indices.
+
+    Every intermediate is a named variable: the names become tensor names in the inlined graph, where TensorRT
+    requires them unique (a throwaway ``_`` per TopK broke engine builds).
+    """
     zero = op.Constant(value_ints=[0])
     one = op.Constant(value_ints=[1])
+    last_axis = op.Constant(value_ints=[-1])
+    zero_scalar = op.Constant(value_int=0)
+    one_scalar = op.Constant(value_int=1)
+    absent = op.Constant(value_int=-1)
+    infinity = op.Constant(value_float=float("inf"))
     n = op.Shape(s_deep, start=1, end=2)
-    n_minus_1 = op.Sub(n, one)
-    w = op.Reshape(op.Constant(value_int=grid_width), one)
-    a = op.Reshape(op.Constant(value_int=anchors), one)
-    k = op.Reshape(op.Constant(value_int=keep), one)
+    n_scalar = op.Squeeze(n)
+    last_position = op.Sub(n_scalar, one_scalar)
+    w_scalar = op.Constant(value_int=grid_width)
+    w = op.Reshape(w_scalar, one)
+    w_minus_1 = op.Sub(w, one)
+    a_scalar = op.Constant(value_int=anchors)
+    k_scalar = op.Constant(value_int=keep)
+    k = op.Reshape(k_scalar, one)
     # anchors: topk of at least one element; when a == 0 every candidate is masked out below
+    a = op.Reshape(a_scalar, one)
     a_or_1 = op.Max(a, one)
-    _, anchor_idx = op.TopK(s_obj, a_or_1, axis=-1, largest=1, sorted=1)
-    anchor_live = op.Less(op.Range(op.Squeeze(zero), op.Squeeze(a_or_1), op.Squeeze(one)), op.Squeeze(a))
-    anchor_live = op.Unsqueeze(anchor_live, zero)
+    a_or_1_scalar = op.Squeeze(a_or_1)
+    anchor_scores, anchor_idx = op.TopK(s_obj, a_or_1, axis=-1, largest=1, sorted=1)
+    anchor_slots = op.Range(zero_scalar, a_or_1_scalar, one_scalar)
+    anchor_slot_live = op.Less(anchor_slots, a_scalar)
+    anchor_live = op.Unsqueeze(anchor_slot_live, zero)
     left = op.Sub(anchor_idx, one)
     right = op.Add(anchor_idx, one)
     up = op.Sub(anchor_idx, w)
     down = op.Add(anchor_idx, w)
     cand = op.Concat(anchor_idx, left, right, up, down, axis=1)
     col = op.Mod(anchor_idx, w)
-    in_grid = op.Concat(
-        op.GreaterOrEqual(anchor_idx, zero),
-        op.Greater(col, zero),
-        op.Less(col, op.Sub(w, one)),
-        op.GreaterOrEqual(anchor_idx, w),
-        op.Less(down, n),
-        axis=1,
-    )
-    paper_mode = op.Equal(op.Constant(value_int=grid_neighbors), op.Constant(value_int=0))
-    live = op.And(
-        op.Concat(anchor_live, anchor_live, anchor_live, anchor_live, anchor_live, axis=1), op.Or(in_grid, paper_mode)
-    )
-    cand = op.Where(live, op.Clip(cand, op.Squeeze(zero), op.Squeeze(n_minus_1)), op.Constant(value_int=-1))
-    positions = op.Range(op.Squeeze(zero), op.Squeeze(n), op.Squeeze(one))
-    hits = op.Cast(op.Equal(op.Unsqueeze(cand, op.Constant(value_ints=[-1])), positions), to=1)
-    in_buffer = op.Cast(op.ReduceMax(hits, one, keepdims=0), to=9)
-    prio = op.Where(in_buffer, op.Constant(value_float=float("inf")), s_deep)
-    _, top = op.TopK(prio, k, axis=-1, largest=1, sorted=1)
-    ascending, _ = op.TopK(op.Cast(top, to=1), k, axis=-1, largest=0, sorted=1)
-    return op.Cast(ascending, to=7)
+    anchor_in_grid = op.GreaterOrEqual(anchor_idx, zero)
+    left_in_grid = op.Greater(col, zero)
+    right_in_grid = op.Less(col, w_minus_1)
+    up_in_grid = op.GreaterOrEqual(anchor_idx, w)
+    down_in_grid = op.Less(down, n)
+    in_grid = op.Concat(anchor_in_grid, left_in_grid, right_in_grid, up_in_grid, down_in_grid, axis=1)
+    neighbor_mode = op.Constant(value_int=grid_neighbors)
+    paper_mode = op.Equal(neighbor_mode, zero_scalar)
+    neighbor_kept = op.Or(in_grid, paper_mode)
+    cand_live = op.Concat(anchor_live, anchor_live, anchor_live, anchor_live, anchor_live, axis=1)
+    live = op.And(cand_live, neighbor_kept)
+    cand_clamped = op.Clip(cand, zero_scalar, last_position)
+    buffer_idx = op.Where(live, cand_clamped, absent)
+    positions = op.Range(zero_scalar, n_scalar, one_scalar)
+    buffer_column = op.Unsqueeze(buffer_idx, last_axis)
+    hit = op.Equal(buffer_column, positions)
+    hits = op.Cast(hit, to=1)
+    hit_any = op.ReduceMax(hits, one, keepdims=0)
+    in_buffer = op.Cast(hit_any, to=9)
+    prio = op.Where(in_buffer, infinity, s_deep)
+    kept_prio, kept_by_prio = op.TopK(prio, k, axis=-1, largest=1, sorted=1)
+    kept_float = op.Cast(kept_by_prio, to=1)
+    kept_ascending, kept_order = op.TopK(kept_float, k, axis=-1, largest=0, sorted=1)
+    indices = op.Cast(kept_ascending, to=7)
+    return indices
 
 
 def function_proto() -> onnx.FunctionProto:

@@ -10,7 +10,8 @@ from onnx_ir.passes import PostconditionError, PreconditionError
 
 from hiprune.api import ExportRequest, export
 from hiprune.config import HiPruneConfig
-from hiprune.graphs.passes import AttachSelectFunctionPass, InlineSelectPass, StaticShapesPass
+from hiprune.errors import ExportError
+from hiprune.graphs.passes import AttachSelectFunctionPass, InlineSelectPass, StaticShapesPass, ValueNamesPass
 from hiprune.graphs.pipelines import inline_for_parsers
 from hiprune.runtime import OrtRunner
 from hiprune.targets.onnx import save_model
@@ -53,3 +54,36 @@ def test_static_shapes_pass_names_the_dynamic_value(exported):
     model.graph.inputs[0].shape = ir.Shape(["batch", 3, 40, 40])
     with pytest.raises(PostconditionError, match="'pixel_values' has shape .*batch.*expected static dimensions"):
         StaticShapesPass()(model)
+
+
+def _rename_first(model, op_type, name):
+    node = next(n for n in model.graph if n.op_type == op_type)
+    node.outputs[0].name = name
+    return node
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("_", r"placeholder name '_' \(output 0 of node '.*' \(MatMul\)\) in the main graph"),
+        ("__31", r"placeholder name '__31'"),
+        ("", r"an unnamed value \(output 0 of node '.*' \(MatMul\)\)"),
+        ("pixel_values", r"duplicate name 'pixel_values' \(2 values\) in the main graph"),
+    ],
+)
+def test_value_names_pass_names_the_planted_offender(exported, name, message):
+    model = ir.load(exported.artifact)
+    ValueNamesPass()(model)  # the written graph itself holds the contract
+    _rename_first(model, "MatMul", name)
+    with pytest.raises(ExportError, match=message) as info:
+        ValueNamesPass()(model)
+    assert "\n" not in str(info.value)
+
+
+def test_pipeline_fails_on_a_placeholder_in_the_select_body(exported):
+    """The defect TensorRT met: a throwaway ``_`` in the function body becomes a main-graph tensor on inlining."""
+    model = ir.load(exported.artifact)
+    body = next(iter(model.functions.values()))
+    next(n for n in body if n.op_type == "TopK").outputs[0].name = "_"
+    with pytest.raises(ExportError, match=r"graph contract: .*placeholder name '_'"):
+        inline_for_parsers(model)
