@@ -21,16 +21,18 @@ OP_NAME = "select"
 NEIGHBOR_OFFSETS = 5  # the anchor itself, -1, +1, -W, +W
 
 
-def received_attention(probs: torch.Tensor) -> torch.Tensor:
+def received_attention(probs: torch.Tensor, prefix_tokens: int = 1) -> torch.Tensor:
     """Score of a layer: attention *received* by each patch token, averaged over heads and all queries.
 
     Args:
-        probs: softmax attention probabilities, (B, heads, T, T) with the CLS token first.
+        probs: softmax attention probabilities, (B, heads, T, T), with ``prefix_tokens`` non-patch tokens first.
+        prefix_tokens: tokens before the patch grid whose columns are dropped (1 for CLIP's CLS, 0 for SigLIP).
+            They still count as queries: the reference averages over every query.
 
     Returns:
-        (B, T - 1) float scores, CLS column dropped.
+        (B, T - prefix_tokens) float scores.
     """
-    return probs.mean(dim=1).mean(dim=1)[:, 1:]
+    return probs.mean(dim=1).mean(dim=1)[:, prefix_tokens:]
 
 
 def stable_topk_indices(scores: torch.Tensor, k: int) -> torch.Tensor:

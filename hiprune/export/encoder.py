@@ -47,17 +47,20 @@ def resolve_config(config: HiPruneConfig, spec: EncoderSpec) -> ResolvedConfig:
 class PrunedEncoder(nn.Module):
     """``pixel_values`` (B, 3, H, W) float32, normalized → ``image_embeds`` (B, K, D) and ``indices`` (B, K) int64.
 
-    With ``prune=False`` the same trunk and projector keep all N tokens and ``indices`` is 0..N-1.
+    With ``prune=False`` the same trunk and projector keep all N tokens and ``indices`` is 0..N-1. How scores
+    and features come out of the trunk and whether the projector runs before or after the gather is the
+    adapter's business (:class:`~hiprune.export.adapters.EncoderAdapter`).
     """
 
     def __init__(
-        self, trunk: VisionTrunk, projector: nn.Module, config: ResolvedConfig, input_size: tuple[int, int]
+        self, adapter: EncoderAdapter, trunk: VisionTrunk, projector: nn.Module, config: ResolvedConfig
     ) -> None:
         super().__init__()
+        self.adapter = adapter
         self.trunk = trunk
         self.projector = projector
         self.config = config
-        self.input_size = input_size  # (H, W) of pixel_values
+        self.input_size = adapter.spec.image_size  # (H, W) of pixel_values
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features, scores = self.trunk(pixel_values)
@@ -69,8 +72,7 @@ class PrunedEncoder(nn.Module):
         indices = torch.ops.hiprune.select(
             s_obj, s_deep, cfg.hiprune.keep, cfg.hiprune.anchors, cfg.grid_width, cfg.hiprune.neighbors == "grid"
         )
-        kept = features.gather(1, indices.unsqueeze(-1).expand(-1, -1, features.shape[-1]))
-        return self.projector(kept), indices
+        return self.adapter.project_kept(self.projector, features, indices), indices
 
 
 def example_input(encoder: PrunedEncoder, batch: int, seed: int = 0) -> torch.Tensor:
@@ -86,4 +88,4 @@ def build_encoder(
     resolved = resolve_config(config, adapter.spec)
     score_layers = (resolved.object_layer, resolved.deep_layer) if config.prune else ()
     trunk, projector = adapter.build(tensors, score_layers, seed=seed)
-    return PrunedEncoder(trunk, projector, resolved, adapter.spec.image_size).eval()
+    return PrunedEncoder(adapter, trunk, projector, resolved).eval()

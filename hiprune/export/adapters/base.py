@@ -1,8 +1,10 @@
-"""The encoder-family seam: one adapter per VLM family (LLaVA-1.5 CLIP today; NeXT, Qwen2.5-VL, SigLIP later).
+"""The encoder-family seam: one adapter per VLM family.
 
-An adapter knows three things about its family: the geometry (:class:`EncoderSpec`), which checkpoint tensors
-it needs and under which module names, and how to build the vision trunk and projector from them. Everything
-downstream (the select op, the gather, export, targets) works on the adapter's output and never on the family.
+An adapter knows everything family-specific: the geometry (:class:`EncoderSpec`), which checkpoint tensors it
+needs and under which module names, how to build the vision trunk and projector from them, how a layer's
+attention becomes a per-token score (a CLS column to drop or not), and whether the projector runs on the kept
+tokens only or on all tokens before the gather. :class:`~hiprune.export.encoder.PrunedEncoder` asks the adapter
+for each of these; the select op, export and targets never see the family.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
+
+from hiprune.selection import received_attention
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,10 +60,22 @@ class VisionTrunk(nn.Module, abc.ABC):
 
 
 class EncoderAdapter(abc.ABC):
-    """One VLM family. Subclasses set ``name``/``description`` and implement the four members below."""
+    """One VLM family. Subclasses set the class attributes and implement the four abstract members below.
+
+    Attributes:
+        name: the family's short name (manifests, metadata).
+        description: what checkpoints it serves, for error messages.
+        prefix_tokens: tokens the tower puts before the patch grid (1 for CLIP's CLS, 0 for SigLIP); their
+            attention columns are dropped from scores and their hidden states from features.
+        gather_before_projector: ``True`` when the projector is per-token (LLaVA's MLP), so projecting only the
+            kept tokens is equivalent and cheaper; ``False`` for projectors that mix tokens (e.g. a 2x2 merger),
+            which must see every token before the gather.
+    """
 
     name: ClassVar[str]
     description: ClassVar[str]
+    prefix_tokens: ClassVar[int]
+    gather_before_projector: ClassVar[bool] = True
 
     def __init__(self, config: Any) -> None:
         self.config = config
@@ -83,6 +99,25 @@ class EncoderAdapter(abc.ABC):
         self, tensors: Mapping[str, torch.Tensor] | None, score_layers: tuple[int, ...], seed: int = 0
     ) -> tuple[VisionTrunk, nn.Module]:
         """Trunk and projector with ``tensors`` loaded, or random weights (seeded) when ``tensors`` is None."""
+
+    def scores(self, probs: torch.Tensor) -> torch.Tensor:
+        """(B, heads, T, T) softmax probabilities → (B, N) attention received by each selectable token."""
+        return received_attention(probs, self.prefix_tokens)
+
+    def patch_features(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(B, T, C) hidden states of the feature layer → (B, N, C) features of the selectable tokens."""
+        return hidden[:, self.prefix_tokens :]
+
+    def project_kept(self, projector: nn.Module, features: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """Embeddings of the kept tokens: (B, N, C) features and (B, K) indices → (B, K, D)."""
+        if self.gather_before_projector:
+            return projector(gather_tokens(features, indices))
+        return gather_tokens(projector(features), indices)
+
+
+def gather_tokens(tokens: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """(B, N, C) and (B, K) int64 → (B, K, C): the rows ``indices`` names, per batch entry."""
+    return tokens.gather(1, indices.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
 
 
 def random_init_(module: nn.Module, seed: int, std: float = 0.02) -> None:

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from transformers.models.clip.modeling_clip import CLIPAttention, CLIPEncoderLayer, CLIPVisionEmbeddings
+from transformers.models.clip.modeling_clip import CLIPEncoderLayer, CLIPVisionEmbeddings
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
 from hiprune.errors import CheckpointError
 from hiprune.export.adapters.base import EncoderAdapter, EncoderSpec, VisionTrunk, random_init_
-from hiprune.selection import received_attention
+from hiprune.export.adapters.vit import Layers, ScoreFn, VitTrunk
 
 # The paper's object layer for CLIP ViT-L/14 (24 layers); other depths scale it (9/24 of the tower).
 PAPER_OBJECT_LAYER = 9
@@ -28,30 +27,22 @@ TOWER_PREFIXES = (
 PROJECTOR_PREFIXES = ("model.multi_modal_projector.", "multi_modal_projector.")
 
 
-class ClipTrunk(VisionTrunk):
-    """CLIP embeddings + the first ``deep_layer`` encoder layers; explicit softmax only at ``score_layers``.
+class ClipTrunk(VitTrunk):
+    """CLIP embeddings + ``pre_layrnorm`` + the first ``num_layers`` encoder layers.
 
     Parameter names match ``CLIPVisionModel`` (``embeddings.*``, ``pre_layrnorm.*``, ``encoder.layers.N.*``),
     so checkpoint tensors load by name.
     """
 
-    def __init__(self, vision_config: Any, num_layers: int, score_layers: tuple[int, ...]) -> None:
-        super().__init__()
+    def __init__(
+        self, vision_config: Any, num_layers: int, score_layers: tuple[int, ...], scores: ScoreFn, features: ScoreFn
+    ) -> None:
+        super().__init__(score_layers, scores, features)
         self.embeddings = CLIPVisionEmbeddings(vision_config)
         self.pre_layrnorm = nn.LayerNorm(vision_config.hidden_size, eps=vision_config.layer_norm_eps)
-        self.encoder = _Layers(CLIPEncoderLayer(vision_config) for _ in range(num_layers))
-        self.score_layers = score_layers
+        self.encoder = Layers(CLIPEncoderLayer(vision_config) for _ in range(num_layers))
 
-    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        x = self._embed(pixel_values)
-        scores: dict[int, torch.Tensor] = {}
-        for number, layer in enumerate(self.encoder.layers, start=1):
-            x, probs = _layer_forward(layer, x, want_probs=number in self.score_layers)
-            if probs is not None:
-                scores[number] = received_attention(probs)
-        return x[:, 1:], tuple(scores[n] for n in self.score_layers)
-
-    def _embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
         emb = self.embeddings
         patches = emb.patch_embedding(pixel_values).flatten(2).transpose(1, 2)
         cls = emb.class_embedding.expand(pixel_values.shape[0], 1, -1)
@@ -59,41 +50,10 @@ class ClipTrunk(VisionTrunk):
         return self.pre_layrnorm(x)
 
 
-class _Layers(nn.Module):
-    """Holds ``layers`` so parameter names read ``encoder.layers.N.*`` as in ``CLIPVisionModel``."""
-
-    def __init__(self, layers: Iterable[nn.Module]) -> None:
-        super().__init__()
-        self.layers = nn.ModuleList(layers)
-
-
-def _layer_forward(layer: Any, x: torch.Tensor, want_probs: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    attn_out, probs = _attention(layer.self_attn, layer.layer_norm1(x), want_probs)
-    x = x + attn_out
-    return x + layer.mlp(layer.layer_norm2(x)), probs
-
-
-def _attention(attn: CLIPAttention, x: torch.Tensor, want_probs: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Fused SDPA, or the explicit softmax where HiPrune reads the probabilities."""
-    batch, tokens, width = x.shape
-    heads = attn.num_heads
-
-    def split(t: torch.Tensor) -> torch.Tensor:
-        return t.view(batch, tokens, heads, attn.head_dim).transpose(1, 2)
-
-    q, k, v = split(attn.q_proj(x)), split(attn.k_proj(x)), split(attn.v_proj(x))
-    probs = None
-    if want_probs:
-        probs = torch.softmax(torch.matmul(q, k.transpose(-1, -2)) * attn.scale, dim=-1)
-        out = torch.matmul(probs, v)
-    else:
-        out = F.scaled_dot_product_attention(q, k, v, scale=attn.scale)
-    return attn.out_proj(out.transpose(1, 2).reshape(batch, tokens, width)), probs
-
-
 class LlavaClipAdapter(EncoderAdapter):
     name: ClassVar[str] = "llava-clip"
     description: ClassVar[str] = "LLaVA-1.5 (model_type 'llava' with a CLIP vision tower)"
+    prefix_tokens: ClassVar[int] = 1
 
     @classmethod
     def matches(cls, config: Any) -> bool:
@@ -153,7 +113,9 @@ class LlavaClipAdapter(EncoderAdapter):
     ) -> tuple[VisionTrunk, nn.Module]:
         with torch.device("meta"):
             holder = nn.Module()
-            holder.trunk = ClipTrunk(self.config.vision_config, self.spec.deep_layer, score_layers)
+            holder.trunk = ClipTrunk(
+                self.config.vision_config, self.spec.deep_layer, score_layers, self.scores, self.patch_features
+            )
             holder.projector = LlavaMultiModalProjector(self.config)
         if tensors is None:
             random_init_(holder, seed)
