@@ -32,7 +32,8 @@ def received_attention(probs: torch.Tensor, prefix_tokens: int = 1) -> torch.Ten
     Returns:
         (B, T - prefix_tokens) float scores.
     """
-    return probs.mean(dim=1).mean(dim=1)[:, prefix_tokens:]
+    received = probs.mean(dim=1).mean(dim=1)
+    return received[:, prefix_tokens:] if prefix_tokens else received  # a no-op slice traces to an alias node
 
 
 def stable_topk_indices(scores: torch.Tensor, k: int) -> torch.Tensor:

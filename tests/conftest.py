@@ -14,19 +14,38 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
 
-def tiny_llava_config(image_size: int = 32, patch_size: int = 8, layers: int = 4, feature_layer: int = -2):
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+def tiny_llava_config(
+    image_size: int = 32, patch_size: int = 8, layers: int = 4, feature_layer: int = -2, tower: str = "clip"
+):
+    """A tiny LLaVA config: ``tower="clip"`` (LLaVA-1.5) or ``"siglip"`` (no CLS, strategy ``full``)."""
+    from transformers import CLIPVisionConfig, LlavaConfig, SiglipVisionConfig
 
-    vision = CLIPVisionConfig(
+    vision_class = {"clip": CLIPVisionConfig, "siglip": SiglipVisionConfig}[tower]
+    vision = vision_class(**_tiny_vision(image_size, patch_size, layers))
+    strategy = "full" if tower == "siglip" else "default"
+    return LlavaConfig(
+        vision_config=vision,
+        text_config=_tiny_text(),
+        vision_feature_layer=feature_layer,
+        vision_feature_select_strategy=strategy,
+    )
+
+
+def _tiny_vision(image_size: int, patch_size: int, layers: int) -> dict:
+    return dict(
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=layers,
         num_attention_heads=4,
         image_size=image_size,
         patch_size=patch_size,
-        projection_dim=16,
     )
-    text = LlamaConfig(
+
+
+def _tiny_text():
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
         hidden_size=48,
         intermediate_size=64,
         num_hidden_layers=1,
@@ -34,7 +53,6 @@ def tiny_llava_config(image_size: int = 32, patch_size: int = 8, layers: int = 4
         num_key_value_heads=4,
         vocab_size=128,
     )
-    return LlavaConfig(vision_config=vision, text_config=text, vision_feature_layer=feature_layer)
 
 
 def make_tiny_llava(directory: Path, seed: int = 0, **config_kwargs) -> Path:
@@ -49,12 +67,13 @@ def make_tiny_llava(directory: Path, seed: int = 0, **config_kwargs) -> Path:
 
 
 def _sharpen_attention(model, seed: int) -> None:
-    """Random CLIP inits give near-uniform attention; larger q/k weights give scores far apart, like real towers."""
+    """Random ViT inits give near-uniform attention; larger q/k weights give scores far apart, like real towers."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for layer in model.model.vision_tower.encoder.layers:
-            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj):
-                proj.weight.normal_(0.0, 0.5, generator=generator)
+        for name, attn in model.model.vision_tower.named_modules():
+            if name.endswith("self_attn"):
+                for proj in (attn.q_proj, attn.k_proj):
+                    proj.weight.normal_(0.0, 0.5, generator=generator)
 
 
 @functools.cache

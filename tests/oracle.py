@@ -57,15 +57,26 @@ def paper_select(
     return torch.tensor(rows, dtype=torch.int64)
 
 
+def _first_patch(model) -> int:
+    """LLaVA's own rule: strategy ``default`` drops the tower's first token (CLS), ``full`` keeps every token."""
+    return 1 if model.config.vision_feature_select_strategy == "default" else 0
+
+
 def reference_scores(model: torch.nn.Module, pixel_values: torch.Tensor, object_layer: int, deep_layer: int):
-    """Scores from transformers' own eager CLIP tower: attentions[l].mean(heads).mean(queries)[:, 1:]."""
+    """Scores from transformers' own eager tower: attentions[l].mean(heads).mean(queries), CLS column dropped
+    when the checkpoint's strategy drops CLS from the features (CLIP), every column kept otherwise (SigLIP)."""
     out = model.model.vision_tower(pixel_values, output_attentions=True, output_hidden_states=True)
-    score = [a.mean(dim=1).mean(dim=1)[:, 1:] for a in out.attentions]
+    first = _first_patch(model)
+    score = [a.mean(dim=1).mean(dim=1)[:, first:] for a in out.attentions]
     return score[object_layer - 1], score[deep_layer - 1], out.hidden_states
 
 
+def reference_features(model, feature_layer: int, hidden_states) -> torch.Tensor:
+    """projector(hidden_states[f][:, first patch:]) for every token, as LLaVA computes image features."""
+    return model.model.multi_modal_projector(hidden_states[feature_layer][:, _first_patch(model) :])
+
+
 def reference_embeds(model, pixel_values, indices, feature_layer: int, hidden_states) -> torch.Tensor:
-    """projector(hidden_states[f][:, 1:])[keep], as LLaVA computes image features before pruning."""
-    features = hidden_states[feature_layer][:, 1:]
-    projected = model.model.multi_modal_projector(features)
+    """projector(features)[keep], as LLaVA computes image features before pruning."""
+    projected = reference_features(model, feature_layer, hidden_states)
     return projected.gather(1, indices.unsqueeze(-1).expand(-1, -1, projected.shape[-1]))

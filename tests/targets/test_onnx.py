@@ -36,6 +36,7 @@ def _oracle(model, pixel_values, resolved):
     return indices, reference_embeds(model, pixel_values, indices, feature_layer, hidden)
 
 
+@pytest.mark.parity("llava-clip")
 @pytest.mark.parametrize(("geometry", "keep", "alpha", "layer", "neighbors", "batch"), CASES)
 def test_ort_matches_oracle(tiny_checkpoint, reference_model, tmp_path, geometry, keep, alpha, layer, neighbors, batch):
     path = tiny_checkpoint(**geometry)

@@ -7,8 +7,9 @@ from typing import Any
 from hiprune.errors import CheckpointError
 from hiprune.export.adapters.base import EncoderAdapter, EncoderSpec, VisionTrunk
 from hiprune.export.adapters.llava_clip import LlavaClipAdapter
+from hiprune.export.adapters.llava_siglip import LlavaSiglipAdapter
 
-ADAPTERS: tuple[type[EncoderAdapter], ...] = (LlavaClipAdapter,)
+ADAPTERS: tuple[type[EncoderAdapter], ...] = (LlavaClipAdapter, LlavaSiglipAdapter)
 
 
 def adapter_for(config: Any, source: str) -> EncoderAdapter:

@@ -106,7 +106,7 @@ class EncoderAdapter(abc.ABC):
 
     def patch_features(self, hidden: torch.Tensor) -> torch.Tensor:
         """(B, T, C) hidden states of the feature layer → (B, N, C) features of the selectable tokens."""
-        return hidden[:, self.prefix_tokens :]
+        return hidden[:, self.prefix_tokens :] if self.prefix_tokens else hidden
 
     def project_kept(self, projector: nn.Module, features: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         """Embeddings of the kept tokens: (B, N, C) features and (B, K) indices → (B, K, D)."""

@@ -51,16 +51,23 @@ class ClipTrunk(VitTrunk):
 
 
 class LlavaClipAdapter(EncoderAdapter):
+    """LLaVA-1.5. Other LLaVA-style families (a ViT tower, a per-token MLP projector, the same checkpoint key
+    layouts) subclass it and change the class attributes and :meth:`make_trunk`."""
+
     name: ClassVar[str] = "llava-clip"
     description: ClassVar[str] = "LLaVA-1.5 (model_type 'llava' with a CLIP vision tower)"
     prefix_tokens: ClassVar[int] = 1
+    model_type: ClassVar[str] = "llava"
+    vision_model_type: ClassVar[str] = "clip_vision_model"
+    select_strategy: ClassVar[str] = "default"  # LLaVA's vision_feature_select_strategy that this family needs
+    tower_roots: ClassVar[tuple[str, ...]] = ("embeddings.", "pre_layrnorm.")  # tower tensors besides the layers
 
     @classmethod
     def matches(cls, config: Any) -> bool:
         vision = getattr(config, "vision_config", None)
         return (
-            getattr(config, "model_type", None) == "llava"
-            and getattr(vision, "model_type", None) == "clip_vision_model"
+            getattr(config, "model_type", None) == cls.model_type
+            and getattr(vision, "model_type", None) == cls.vision_model_type
         )
 
     def read_spec(self) -> EncoderSpec:
@@ -70,10 +77,11 @@ class LlavaClipAdapter(EncoderAdapter):
             raise CheckpointError(
                 f"vision_feature_layer {layer!r} concatenates several layers; HiPrune export supports one feature layer"
             )
-        if config.vision_feature_select_strategy != "default":
+        if config.vision_feature_select_strategy != self.select_strategy:
+            what = "CLS dropped" if self.prefix_tokens else "every token, the tower has no CLS"
             raise CheckpointError(
-                f"vision_feature_select_strategy {config.vision_feature_select_strategy!r} is not supported; "
-                "HiPrune selects among patch tokens (strategy 'default', CLS dropped)"
+                f"vision_feature_select_strategy {config.vision_feature_select_strategy!r} is not supported for "
+                f"{self.description}; HiPrune selects among patch tokens (strategy {self.select_strategy!r}, {what})"
             )
         depth = vision.num_hidden_layers
         deep = layer if layer >= 0 else depth + 1 + layer
@@ -101,38 +109,41 @@ class LlavaClipAdapter(EncoderAdapter):
         return None
 
     def _tower_name(self, name: str) -> str | None:
-        if name.startswith(("embeddings.", "pre_layrnorm.")):
+        if name.startswith(self.tower_roots):
             return "trunk." + name if not name.endswith("position_ids") else None
         if name.startswith("encoder.layers."):
             number = int(name.split(".")[2]) + 1
             return "trunk." + name if number <= self.spec.deep_layer else None
         return None
 
+    def make_trunk(self, score_layers: tuple[int, ...]) -> VitTrunk:
+        """The family's trunk module (built on the meta device by :meth:`build`)."""
+        vision = self.config.vision_config
+        return ClipTrunk(vision, self.spec.deep_layer, score_layers, self.scores, self.patch_features)
+
     def build(
         self, tensors: Mapping[str, torch.Tensor] | None, score_layers: tuple[int, ...], seed: int = 0
     ) -> tuple[VisionTrunk, nn.Module]:
         with torch.device("meta"):
             holder = nn.Module()
-            holder.trunk = ClipTrunk(
-                self.config.vision_config, self.spec.deep_layer, score_layers, self.scores, self.patch_features
-            )
-            holder.projector = LlavaMultiModalProjector(self.config)
+            holder.trunk = trunk = self.make_trunk(score_layers)
+            holder.projector = projector = LlavaMultiModalProjector(self.config)
         if tensors is None:
             random_init_(holder, seed)
         else:
-            _load_exact(holder, tensors)
-        embeddings = holder.trunk.embeddings  # its non-persistent buffer is not in any checkpoint
+            _load_exact(holder, tensors, self.description)
+        embeddings: Any = trunk.embeddings  # its non-persistent buffer is not in any checkpoint
         embeddings.position_ids = nn.Buffer(torch.arange(embeddings.num_positions).expand((1, -1)), persistent=False)
         holder.eval()
-        return holder.trunk, holder.projector
+        return trunk, projector
 
 
-def _load_exact(holder: nn.Module, tensors: Mapping[str, torch.Tensor]) -> None:
+def _load_exact(holder: nn.Module, tensors: Mapping[str, torch.Tensor], family: str) -> None:
     expected = set(holder.state_dict().keys())
     missing = sorted(expected - set(tensors))
     if missing:
         raise CheckpointError(
             f"checkpoint lacks {len(missing)} vision/projector tensors (first: {missing[0]}); "
-            "it is incomplete or not a LLaVA-1.5 checkpoint"
+            f"it is incomplete or not a {family} checkpoint"
         )
     holder.load_state_dict({k: tensors[k] for k in expected}, strict=True, assign=True)
