@@ -27,6 +27,7 @@ import numpy as np
 from rich.console import Console
 
 from hiprune.config import HiPruneConfig
+from hiprune.contract import PIXEL_VALUES
 from hiprune.export.adapters import adapter_for
 from hiprune.export.encoder import build_encoder
 from hiprune.export.models import LoadedEncoder, default_llava15_config
@@ -59,7 +60,7 @@ def build_artifact(config, hiprune: HiPruneConfig, directory: Path) -> Path:
     adapter = adapter_for(config, "bench")
     loaded = LoadedEncoder(build_encoder(adapter, hiprune, tensors=None), adapter, {"source": "bench"})
     directory.mkdir(parents=True)
-    job = BuildJob(loaded=loaded, batch=1, metadata={}, steps=Steps(quiet=True))
+    job = BuildJob(loaded.encoder, loaded.contract(batch=1), "bench", metadata={}, steps=Steps(quiet=True))
     OnnxTarget().build(job, directory)
     return directory / "model.onnx"
 
@@ -67,7 +68,7 @@ def build_artifact(config, hiprune: HiPruneConfig, directory: Path) -> Path:
 def interleaved_latency(pruned: Path, full: Path, runs: int, threads: int) -> dict[str, float]:
     with OrtRunner(pruned, intra_op_threads=threads) as a, OrtRunner(full, intra_op_threads=threads) as b:
         shape = a.input_specs()[0].shape
-        feed = {"pixel_values": np.random.default_rng(0).standard_normal(shape, dtype=np.float32)}
+        feed = {PIXEL_VALUES: np.random.default_rng(0).standard_normal(shape, dtype=np.float32)}
         for _ in range(2):
             a.infer(feed)
             b.infer(feed)

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hiprune import __version__
 from hiprune.artifacts import check_output_dir, staged_output, write_manifest
 from hiprune.config import HiPruneConfig
+from hiprune.contract import IOContract
 from hiprune.errors import ConfigError, ExportError
 from hiprune.progress import Steps
 from hiprune.runtime.compare import Comparison
-from hiprune.targets import BuildJob, get_target
+from hiprune.targets import BuildJob, BuildOutput, get_target
+
+if TYPE_CHECKING:
+    from hiprune.export.models import LoadedEncoder
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,26 +52,20 @@ class ExportResult:
 
     def summary(self) -> dict[str, Any]:
         """The rows the CLI prints."""
-        shapes = self.manifest["outputs"]
+        io = IOContract.from_manifest(self.manifest)
         rows = {
             "target": " ".join(
                 [self.manifest["target"], *(f"{k}={v}" for k, v in self.manifest["target_options"].items())]
             ),
             "source": self.manifest["source"]["source"],
-            "kept tokens": f"{self.manifest['encoder']['kept']} of {self.manifest['encoder']['num_tokens']}",
-            "pixel_values": _tensor(self.manifest["inputs"]["pixel_values"]),
-            "image_embeds": _tensor(shapes["image_embeds"]),
-            "indices": _tensor(shapes["indices"]),
+            "kept tokens": f"{io.kept} of {io.num_tokens}",
+            **{info.name: info.describe() for info in (*io.inputs, *io.outputs)},
             "size on disk": _human(sum(f["bytes"] for f in self.manifest["files"].values())),
             "output": str(self.output),
         }
         if self.comparison is not None:
             rows[self.comparison_label] = self.comparison.describe()
         return rows
-
-
-def _tensor(spec: dict[str, Any]) -> str:
-    return f"{spec['dtype']} {tuple(spec['shape'])}"
 
 
 def _human(size: int) -> str:
@@ -101,23 +99,27 @@ def export(request: ExportRequest, steps: Steps | None = None) -> ExportResult:
         )
     with steps.step("Loading the vision tower and projector"):
         loaded = load_encoder(request.model, request.hiprune, request.allow_pickle)
-    cfg = loaded.encoder.config
-    metadata = _metadata(request, loaded, cfg)
-    job = BuildJob(loaded=loaded, batch=request.batch, metadata=metadata, steps=steps)
+    job = BuildJob(
+        encoder=loaded.encoder,
+        io=loaded.contract(request.batch),
+        source=loaded.source["source"],
+        metadata=_metadata(request, loaded),
+        steps=steps,
+    )
     with staged_output(output, request.force) as stage:
         built = target.build(job, stage)
         if built.comparison is not None and not built.comparison.ok:
             raise ExportError(f"the {request.target} artifact disagrees with PyTorch: {built.comparison.describe()}")
-        body = _manifest_body(request, loaded, cfg, built, target.settings)
+        body = _manifest_body(request, loaded, built.io or job.io, built, target.settings)
         manifest = write_manifest(stage, body)
     return ExportResult(output, output / built.artifact, manifest, built.comparison, built.note, built.comparison_label)
 
 
-def _metadata(request: ExportRequest, loaded: Any, cfg: Any) -> dict[str, str]:
-    spec = loaded.adapter.spec
+def _metadata(request: ExportRequest, loaded: LoadedEncoder) -> dict[str, str]:
+    spec, plan = loaded.adapter.spec, loaded.encoder.plan
     return {
-        **cfg.hiprune.as_metadata(),
-        "hiprune.deep_layer": str(cfg.deep_layer),
+        **plan.hiprune.as_metadata(),
+        "hiprune.deep_layer": str(plan.deep_layer),
         "hiprune.grid": f"{spec.grid[0]}x{spec.grid[1]}",
         "hiprune.encoder": spec.family,
         "hiprune.source": loaded.source["source"],
@@ -127,28 +129,26 @@ def _metadata(request: ExportRequest, loaded: Any, cfg: Any) -> dict[str, str]:
 
 
 def _manifest_body(
-    request: ExportRequest, loaded: Any, cfg: Any, built: Any, target_settings: dict[str, str]
+    request: ExportRequest, loaded: LoadedEncoder, io: IOContract, built: BuildOutput, target_settings: dict[str, str]
 ) -> dict[str, Any]:
-    spec = loaded.adapter.spec
-    batch, kept = request.batch, cfg.kept
-    dtypes = {"image_embeds": "float32", "indices": "int64", **(built.output_dtypes or {})}
+    spec, plan = loaded.adapter.spec, loaded.encoder.plan
     return {
         "target": request.target,
         "artifact": built.artifact,
         "source": loaded.source,
-        "hiprune": {**dataclasses.asdict(cfg.hiprune), "anchors": cfg.hiprune.anchors, "deep_layer": cfg.deep_layer},
+        "hiprune": {
+            **dataclasses.asdict(plan.hiprune),
+            "anchors": plan.hiprune.anchors,
+            "deep_layer": plan.deep_layer,
+        },
         "encoder": {
             "family": spec.family,
             "num_layers": spec.num_layers,
             "grid": list(spec.grid),
-            "num_tokens": spec.num_tokens,
-            "kept": kept,
+            "num_tokens": io.num_tokens,
+            "kept": io.kept,
         },
-        "inputs": {"pixel_values": {"shape": [batch, 3, *spec.image_size], "dtype": "float32"}},
-        "outputs": {
-            "image_embeds": {"shape": [batch, kept, spec.embed_dim], "dtype": dtypes["image_embeds"]},
-            "indices": {"shape": [batch, kept], "dtype": dtypes["indices"]},
-        },
+        **io.as_manifest(),
         "target_options": target_settings,
         "target_details": built.details,
         "verification": None if built.comparison is None else dataclasses.asdict(built.comparison),

@@ -5,26 +5,31 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import click
 
 from hiprune.config import DEFAULT_ALPHA, NEIGHBOR_MODES, Neighbors
 from hiprune.errors import HiPruneError
-from hiprune.targets import TARGETS
+from hiprune.targets import OPTIONS, TARGETS
 
 if TYPE_CHECKING:
     from rich.console import Console
 
     from hiprune.api import ExportResult
 
-TARGET_OPTION_HELP = {
-    "precision": "tensorrt: fp16 (default, strongly typed, selection fp32), bf16, fp32. coreml: fp16 (default), fp32.",
-    "device": "tensorrt: gpu (default), jetson-orin, jetson-thor — build settings sized for the device.",
-    "build": "tensorrt: auto (default: engine if TensorRT + GPU are here, else a bundle), now, defer.",
-    "min_target": "coreml: iOS17 (default, same spec as macOS14), macOS14, iOS18, macOS15.",
-    "compute_units": "coreml: all (default), cpu_and_ne, cpu_and_gpu, cpu_only — recorded in the package.",
-}
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def target_options(command: F) -> F:
+    """One ``--flag`` per declared target option (hiprune.targets.options), help and values from the declaration.
+
+    Values are checked by the chosen target, so a refused value gets its reason rather than click's list.
+    """
+    for option in reversed(OPTIONS):
+        metavar = "[" + "|".join(option.all_values()) + "]"
+        command = click.option(option.flag, option.key, default=None, metavar=metavar, help=option.describe())(command)
+    return command
 
 
 def _run(action: Callable[[], Any], verbose: bool) -> Any:
@@ -85,11 +90,7 @@ def _run(action: Callable[[], Any], verbose: bool) -> Any:
 @click.option(
     "--allow-pickle", is_flag=True, help="Accept pytorch_model.bin weights (pickle) when no safetensors exist."
 )
-@click.option("--precision", default=None, help=TARGET_OPTION_HELP["precision"])
-@click.option("--device", default=None, help=TARGET_OPTION_HELP["device"])
-@click.option("--build", "build_mode", default=None, help=TARGET_OPTION_HELP["build"])
-@click.option("--min-target", default=None, help=TARGET_OPTION_HELP["min_target"])
-@click.option("--compute-units", default=None, help=TARGET_OPTION_HELP["compute_units"])
+@target_options
 @click.option("--verbose", is_flag=True, help="Show tracebacks on errors.")
 @click.version_option(package_name="hiprune-export")
 @click.pass_context
@@ -106,12 +107,8 @@ def main(
     output: Path | None,
     force: bool,
     allow_pickle: bool,
-    precision: str | None,
-    device: str | None,
-    build_mode: str | None,
-    min_target: str | None,
-    compute_units: str | None,
     verbose: bool,
+    **target_settings: str | None,
 ) -> None:
     """Export a VLM's vision encoder + projector with HiPrune token selection built into the graph.
 
@@ -124,14 +121,6 @@ def main(
     if target is None:
         raise click.UsageError(f"Missing option '--target' (one of: {', '.join(sorted(TARGETS))}).")
     from rich.console import Console
-
-    given = {
-        "precision": precision,
-        "device": device,
-        "build": build_mode,
-        "min_target": min_target,
-        "compute_units": compute_units,
-    }
 
     def action() -> ExportResult:
         from hiprune.api import ExportRequest, export
@@ -152,7 +141,7 @@ def main(
             output=output,
             force=force,
             allow_pickle=allow_pickle,
-            options={k: v for k, v in given.items() if v is not None},
+            options={k: v for k, v in target_settings.items() if v is not None},
         )
         return export(request, Steps(Console(stderr=True)))
 

@@ -12,36 +12,44 @@ from hiprune.config import HiPruneConfig
 from hiprune.errors import ConfigError
 from hiprune.export.adapters import EncoderAdapter, EncoderSpec, VisionTrunk
 
-INPUT_NAME = "pixel_values"
-OUTPUT_NAMES = ("image_embeds", "indices")
-
 
 @dataclasses.dataclass(frozen=True)
-class ResolvedConfig:
-    """A :class:`HiPruneConfig` with every default filled in for one encoder (``None`` resolved once, here)."""
+class SelectionPlan:
+    """The HiPrune settings bound to one encoder: the user's :class:`HiPruneConfig` with its defaults filled in
+    (``object_layer`` resolved once, here) plus the encoder geometry the selection needs.
+
+    Attributes:
+        hiprune: the settings, ``object_layer`` never ``None``.
+        deep_layer: 1-based feature layer, whose attention gives the register score.
+        grid_width: W of the patch grid (neighbours of an anchor).
+        num_tokens: N, patch tokens before selection.
+    """
 
     hiprune: HiPruneConfig
-    object_layer: int
     deep_layer: int
     grid_width: int
     num_tokens: int
+
+    @property
+    def object_layer(self) -> int:
+        return int(self.hiprune.object_layer or 0)
 
     @property
     def kept(self) -> int:
         return self.hiprune.keep if self.hiprune.prune else self.num_tokens
 
 
-def resolve_config(config: HiPruneConfig, spec: EncoderSpec) -> ResolvedConfig:
-    """Validates ``config`` against the encoder and fills the object layer's default."""
-    config.validate_for(spec.num_tokens)
-    layer = spec.default_object_layer if config.object_layer is None else config.object_layer
-    if config.prune and not 1 <= layer < spec.deep_layer:
+def plan_selection(hiprune: HiPruneConfig, spec: EncoderSpec) -> SelectionPlan:
+    """Validates ``hiprune`` against the encoder and fills the object layer's default."""
+    hiprune.validate_for(spec.num_tokens)
+    layer = spec.default_object_layer if hiprune.object_layer is None else hiprune.object_layer
+    if hiprune.prune and not 1 <= layer < spec.deep_layer:
         raise ConfigError(
             f"--object-layer {layer} is outside 1..{spec.deep_layer - 1}: it must be a layer of the tower before "
             f"the feature layer ({spec.deep_layer} of {spec.num_layers}); the paper uses 9 for CLIP ViT-L"
         )
-    resolved = dataclasses.replace(config, object_layer=layer)
-    return ResolvedConfig(resolved, layer, spec.deep_layer, spec.grid[1], spec.num_tokens)
+    filled = dataclasses.replace(hiprune, object_layer=layer)
+    return SelectionPlan(filled, spec.deep_layer, spec.grid[1], spec.num_tokens)
 
 
 class PrunedEncoder(nn.Module):
@@ -53,18 +61,18 @@ class PrunedEncoder(nn.Module):
     """
 
     def __init__(
-        self, adapter: EncoderAdapter, trunk: VisionTrunk, projector: nn.Module, config: ResolvedConfig
+        self, adapter: EncoderAdapter, trunk: VisionTrunk, projector: nn.Module, plan: SelectionPlan
     ) -> None:
         super().__init__()
         self.adapter = adapter
         self.trunk = trunk
         self.projector = projector
-        self.config = config
+        self.plan = plan
         self.input_size = adapter.spec.image_size  # (H, W) of pixel_values
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features, scores = self.trunk(pixel_values)
-        cfg = self.config
+        cfg = self.plan
         if not cfg.hiprune.prune:
             indices = torch.arange(cfg.num_tokens, device=features.device).expand(features.shape[0], -1)
             return self.projector(features), indices
@@ -82,10 +90,10 @@ def example_input(encoder: PrunedEncoder, batch: int, seed: int = 0) -> torch.Te
 
 
 def build_encoder(
-    adapter: EncoderAdapter, config: HiPruneConfig, tensors: dict[str, torch.Tensor] | None, seed: int = 0
+    adapter: EncoderAdapter, hiprune: HiPruneConfig, tensors: dict[str, torch.Tensor] | None, seed: int = 0
 ) -> PrunedEncoder:
-    """Resolves ``config`` for the adapter's encoder and assembles the module (random weights if no tensors)."""
-    resolved = resolve_config(config, adapter.spec)
-    score_layers = (resolved.object_layer, resolved.deep_layer) if config.prune else ()
+    """Plans the selection for the adapter's encoder and assembles the module (random weights if no tensors)."""
+    plan = plan_selection(hiprune, adapter.spec)
+    score_layers = (plan.object_layer, plan.deep_layer) if hiprune.prune else ()
     trunk, projector = adapter.build(tensors, score_layers, seed=seed)
-    return PrunedEncoder(adapter, trunk, projector, resolved).eval()
+    return PrunedEncoder(adapter, trunk, projector, plan).eval()

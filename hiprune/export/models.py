@@ -6,8 +6,9 @@ import dataclasses
 from typing import Any
 
 from hiprune.config import HiPruneConfig
+from hiprune.contract import IOContract
 from hiprune.export.adapters import EncoderAdapter, adapter_for
-from hiprune.export.encoder import PrunedEncoder, build_encoder, resolve_config
+from hiprune.export.encoder import PrunedEncoder, build_encoder, plan_selection
 from hiprune.export.loading import read_tensors, resolve_checkpoint, weight_files
 
 DEFAULT_MODEL_NAME = "llava-1.5-7b architecture (random weights)"
@@ -21,6 +22,11 @@ class LoadedEncoder:
     encoder: PrunedEncoder
     adapter: EncoderAdapter
     source: dict[str, str]
+
+    def contract(self, batch: int) -> IOContract:
+        """The I/O contract of an artifact of this encoder with a static ``batch``."""
+        spec = self.adapter.spec
+        return IOContract(batch, spec.image_size, self.encoder.plan.kept, spec.num_tokens, spec.embed_dim)
 
 
 def default_llava15_config() -> Any:
@@ -48,20 +54,20 @@ def default_llava15_config() -> Any:
     )
 
 
-def load_encoder(model: str | None, config: HiPruneConfig, allow_pickle: bool = False) -> LoadedEncoder:
+def load_encoder(model: str | None, hiprune: HiPruneConfig, allow_pickle: bool = False) -> LoadedEncoder:
     """Builds the pruned encoder for ``model`` (a directory or cached hub id), or the default when ``None``.
 
     Only the vision tower's layers up to the feature layer and the projector are read from the checkpoint.
     """
-    config.validate_static()
+    hiprune.validate_static()
     if model is None:
         adapter = adapter_for(default_llava15_config(), "default")
-        encoder = build_encoder(adapter, config, tensors=None, seed=DEFAULT_SEED)
+        encoder = build_encoder(adapter, hiprune, tensors=None, seed=DEFAULT_SEED)
         return LoadedEncoder(encoder, adapter, {"source": DEFAULT_MODEL_NAME, "seed": str(DEFAULT_SEED)})
     checkpoint = resolve_checkpoint(model)
     adapter = adapter_for(checkpoint.config, model)
 
-    resolve_config(config, adapter.spec)  # fail on bad settings before reading gigabytes
+    plan_selection(hiprune, adapter.spec)  # fail on bad settings before reading gigabytes
     tensors = read_tensors(weight_files(checkpoint.path, allow_pickle), adapter.module_name)
-    encoder = build_encoder(adapter, config, tensors)
+    encoder = build_encoder(adapter, hiprune, tensors)
     return LoadedEncoder(encoder, adapter, checkpoint.describe())

@@ -8,8 +8,9 @@ from typing import Any
 import onnx_ir as ir
 import torch
 
+from hiprune.contract import INPUT_NAMES, OUTPUT_NAMES
 from hiprune.errors import ExportError
-from hiprune.export.encoder import INPUT_NAME, OUTPUT_NAMES, PrunedEncoder, example_input
+from hiprune.export.encoder import PrunedEncoder, example_input
 from hiprune.graphs import select_op
 from hiprune.quiet import quiet
 
@@ -33,7 +34,7 @@ def export_to_ir(encoder: PrunedEncoder, batch: int) -> ir.Model:
                 args,
                 dynamo=True,
                 opset_version=OPSET,
-                input_names=[INPUT_NAME],
+                input_names=list(INPUT_NAMES),
                 output_names=list(OUTPUT_NAMES),
                 custom_translation_table=table,
                 optimize=True,

@@ -6,6 +6,8 @@ import dataclasses
 
 import numpy as np
 
+from hiprune.contract import IMAGE_EMBEDS, INDICES
+
 
 @dataclasses.dataclass(frozen=True)
 class Tolerance:
@@ -57,9 +59,9 @@ def compare_outputs(
     reference: dict[str, np.ndarray], actual: dict[str, np.ndarray], tolerance: Tolerance
 ) -> Comparison:
     """Compares indices position by position, and embeds on the token positions whose indices agree."""
-    ref_idx, act_idx = reference["indices"], actual["indices"].astype(np.int64)
-    ref_emb = reference["image_embeds"].astype(np.float64)
-    act_emb = actual["image_embeds"].astype(np.float64)
+    ref_idx, act_idx = reference[INDICES], actual[INDICES].astype(np.int64)
+    ref_emb = reference[IMAGE_EMBEDS].astype(np.float64)
+    act_emb = actual[IMAGE_EMBEDS].astype(np.float64)
     same = ref_idx == act_idx if ref_idx.shape == act_idx.shape else np.zeros(ref_idx.shape, bool)
     mismatches = int((~same).sum())
     rows_ref, rows_act = ref_emb[same], act_emb[same]

@@ -8,11 +8,18 @@ from typing import Any, ClassVar
 import numpy as np
 
 from hiprune.backends import coreml_predict_missing
+from hiprune.contract import IOContract
 from hiprune.errors import BackendUnavailableError
 from hiprune.runtime.runners import BaseRunner, TensorSpec
 
-COMPUTE_UNITS = {"all": "ALL", "cpu_and_ne": "CPU_AND_NE", "cpu_and_gpu": "CPU_AND_GPU", "cpu_only": "CPU_ONLY"}
 METADATA_COMPUTE_UNITS = "hiprune.compute_units"
+
+
+def compute_unit(name: str) -> Any:
+    """``ct.ComputeUnit`` for a ``--compute-units`` value (the values are declared in hiprune.targets.options)."""
+    import coremltools as ct
+
+    return getattr(ct.ComputeUnit, name.upper())
 
 
 class CoreMLRunner(BaseRunner):
@@ -20,8 +27,8 @@ class CoreMLRunner(BaseRunner):
 
     name: ClassVar[str] = "coreml"
 
-    def __init__(self, package: Path, compute_units: str | None = None) -> None:
-        super().__init__()
+    def __init__(self, package: Path, compute_units: str | None = None, contract: IOContract | None = None) -> None:
+        super().__init__(contract)
         self.package = Path(package)
         self.compute_units = compute_units
         self._model: Any = None
@@ -33,7 +40,7 @@ class CoreMLRunner(BaseRunner):
 
         spec_only = ct.models.MLModel(str(self.package), skip_model_load=True)
         units = self.compute_units or spec_only.user_defined_metadata.get(METADATA_COMPUTE_UNITS, "all")
-        self._model = ct.models.MLModel(str(self.package), compute_units=getattr(ct.ComputeUnit, COMPUTE_UNITS[units]))
+        self._model = ct.models.MLModel(str(self.package), compute_units=compute_unit(units))
 
     def deactivate_impl(self) -> None:
         self._model = None

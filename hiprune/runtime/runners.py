@@ -1,6 +1,7 @@
 """Runners over artifacts: a context manager with ``infer()`` that checks its feed, then calls ``infer_impl``.
 
-Heavy backends are imported inside the runner that needs them; the ONNX Runtime runner is the CPU reference.
+Given the artifact's :class:`~hiprune.contract.IOContract`, ``infer()`` also checks the outputs' names, shapes
+and dtypes. Heavy backends are imported inside the runner that needs them; ORT is the CPU reference.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from hiprune.contract import IOContract
 from hiprune.errors import HiPruneError
 
 
@@ -28,8 +30,9 @@ class BaseRunner(abc.ABC):
 
     name: ClassVar[str]
 
-    def __init__(self) -> None:
+    def __init__(self, contract: IOContract | None = None) -> None:
         self.active = False
+        self.contract = contract
         self.last_inference_s: float | None = None
 
     def __enter__(self) -> BaseRunner:
@@ -58,7 +61,18 @@ class BaseRunner(abc.ABC):
         start = time.perf_counter()
         out = self.infer_impl(feed)
         self.last_inference_s = time.perf_counter() - start
+        if self.contract is not None:
+            self._check_outputs(out, self.contract)
         return out
+
+    def _check_outputs(self, out: dict[str, np.ndarray], contract: IOContract) -> None:
+        for info in contract.outputs:
+            value = out.get(info.name)
+            if value is None or tuple(value.shape) != info.shape or value.dtype != np.dtype(info.dtype):
+                got = "missing" if value is None else f"{value.dtype}{list(value.shape)}"
+                raise HiPruneError(
+                    f"{self.name} output {info.name!r} is {got}; the contract says {info.dtype}{list(info.shape)}"
+                )
 
     @abc.abstractmethod
     def activate_impl(self) -> None: ...
@@ -91,8 +105,9 @@ class OrtRunner(BaseRunner):
         model_path: Path,
         providers: tuple[str, ...] = ("CPUExecutionProvider",),
         intra_op_threads: int | None = None,
+        contract: IOContract | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(contract)
         self.model_path = Path(model_path)
         self.providers = providers
         self.intra_op_threads = intra_op_threads

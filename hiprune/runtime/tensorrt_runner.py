@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from hiprune.backends import tensorrt_missing
+from hiprune.contract import IOContract
 from hiprune.errors import BackendUnavailableError
 from hiprune.runtime.runners import BaseRunner, TensorSpec
 
@@ -20,8 +21,8 @@ class TrtEngineRunner(BaseRunner):
 
     name: ClassVar[str] = "tensorrt"
 
-    def __init__(self, engine_path: Path) -> None:
-        super().__init__()
+    def __init__(self, engine_path: Path, contract: IOContract | None = None) -> None:
+        super().__init__(contract)
         self.engine_path = Path(engine_path)
         self._runner: Any = None
 

@@ -1,25 +1,22 @@
-"""Target registry: name → ``module:Class``, imported only when chosen."""
+"""Target registry: name → ``module:Class``, imported only when chosen.
+
+Importing this package is cheap (no torch, no target module): the CLI lists targets and their options
+(:mod:`hiprune.targets.options`) from here.
+"""
 
 from __future__ import annotations
 
 import importlib
 
 from hiprune.errors import ConfigError
-from hiprune.targets.base import OPTION_OWNERS, BuildJob, BuildOutput, Target, TargetOption
+from hiprune.targets.base import BuildJob, BuildOutput, Target
+from hiprune.targets.options import OPTIONS, OptionChoices, TargetOption
 
 TARGETS: dict[str, str] = {
     "onnx": "hiprune.targets.onnx:OnnxTarget",
     "tensorrt": "hiprune.targets.tensorrt:TensorRTTarget",
     "coreml": "hiprune.targets.coreml:CoreMLTarget",
 }
-# target-specific options, by target (kept here so the CLI and error messages need no target import)
-OPTION_OWNERS.update(
-    {
-        "onnx": (),
-        "tensorrt": ("device", "precision", "build"),
-        "coreml": ("precision", "min_target", "compute_units"),
-    }
-)
 
 
 def get_target(name: str) -> type[Target]:
@@ -29,4 +26,4 @@ def get_target(name: str) -> type[Target]:
     return getattr(importlib.import_module(module), cls)
 
 
-__all__ = ["OPTION_OWNERS", "TARGETS", "BuildJob", "BuildOutput", "Target", "TargetOption", "get_target"]
+__all__ = ["OPTIONS", "TARGETS", "BuildJob", "BuildOutput", "OptionChoices", "Target", "TargetOption", "get_target"]

@@ -17,30 +17,25 @@ import torch
 
 from hiprune import __version__
 from hiprune.backends import coreml_predict_missing, coremltools_missing
+from hiprune.contract import IMAGE_EMBEDS, INDICES, PIXEL_VALUES, IOContract
 from hiprune.errors import BackendUnavailableError, ExportError
 from hiprune.export.coreml_export import export_for_coreml
 from hiprune.quiet import quiet
 from hiprune.runtime.compare import TOLERANCES, Comparison, compare_outputs
-from hiprune.runtime.coreml_runner import METADATA_COMPUTE_UNITS, CoreMLRunner
-from hiprune.targets.base import BuildJob, BuildOutput, Target, TargetOption
-from hiprune.targets.onnx import reference_outputs
+from hiprune.runtime.coreml_runner import METADATA_COMPUTE_UNITS, CoreMLRunner, compute_unit
+from hiprune.targets.base import BuildJob, BuildOutput, Target
+from hiprune.targets.spine import REFERENCE_TOLERANCE, reference_outputs
 
 PACKAGE = "model.mlpackage"
-MIN_TARGETS = ("iOS17", "macOS14", "iOS18", "macOS15")  # iOS17 and macOS14 are the same spec (8)
 DESCRIPTIONS = {
-    "pixel_values": "Image(s) resized and normalized by the checkpoint's image processor, float32 (B, 3, H, W)",
-    "image_embeds": "The K kept visual tokens, projected into the language model's embedding space (B, K, D)",
-    "indices": "Raster-order indices (ascending) of the kept patch tokens, int32 (B, K)",
+    PIXEL_VALUES: "Image(s) resized and normalized by the checkpoint's image processor, float32 (B, 3, H, W)",
+    IMAGE_EMBEDS: "The K kept visual tokens, projected into the language model's embedding space (B, K, D)",
+    INDICES: "Raster-order indices (ascending) of the kept patch tokens, int32 (B, K)",
 }
 
 
 class CoreMLTarget(Target):
     name: ClassVar[str] = "coreml"
-    options: ClassVar[dict[str, TargetOption]] = {
-        "precision": TargetOption(("fp16", "fp32"), "fp16"),
-        "min_target": TargetOption(MIN_TARGETS, "iOS17"),
-        "compute_units": TargetOption(("all", "cpu_and_ne", "cpu_and_gpu", "cpu_only"), "all"),
-    }
 
     def check_available(self) -> None:
         if (missing := coremltools_missing()) is not None:
@@ -50,7 +45,7 @@ class CoreMLTarget(Target):
 
     def build(self, job: BuildJob, stage: Path) -> BuildOutput:
         with job.steps.step("torch.export, hiprune::select decomposed to topk/scatter/gather"):
-            program = export_for_coreml(job.loaded.encoder, job.batch)
+            program = export_for_coreml(job.encoder, job.batch)
         with job.steps.step("Checking the decomposed program against the custom op"):
             decomposed = check_program(job, program)
         if not decomposed.ok:
@@ -60,51 +55,45 @@ class CoreMLTarget(Target):
             mlmodel = self._convert(program, job)
         with job.steps.step(f"Saving {PACKAGE}"):
             mlmodel.save(str(stage / PACKAGE))
+        io = package_contract(job.io, precision)
         with job.steps.step("Checking the saved package (spec, shapes, MIL ops)"):
-            ops = check_package(stage / PACKAGE, job, precision, target)
-        details: dict[str, Any] = {**self.settings, "mil_ops": ops, "prediction": self._predict(job, stage)}
+            ops = check_package(stage / PACKAGE, io, target)
+        details: dict[str, Any] = {**self.settings, "mil_ops": ops, "prediction": self._predict(job, io, stage)}
         return BuildOutput(
-            PACKAGE,
-            details,
-            decomposed,
-            note=self._note(),
-            output_dtypes=_output_dtypes(precision),
-            comparison_label="converted program vs PyTorch",
+            PACKAGE, details, decomposed, note=self._note(), io=io, comparison_label="converted program vs PyTorch"
         )
 
     def _convert(self, program: torch.export.ExportedProgram, job: BuildJob) -> Any:
         import coremltools as ct
 
-        height, width = job.loaded.encoder.input_size
-        embed_dtype = np.float16 if self.settings["precision"] == "fp16" else np.float32
+        io = package_contract(job.io, self.settings["precision"])
         with quiet("coremltools"):
             mlmodel = ct.convert(
                 program,
-                inputs=[ct.TensorType(name="pixel_values", shape=(job.batch, 3, height, width), dtype=np.float32)],
-                outputs=[
-                    ct.TensorType(name="image_embeds", dtype=embed_dtype),
-                    ct.TensorType(name="indices", dtype=np.int32),
-                ],
+                inputs=[ct.TensorType(name=t.name, shape=t.shape, dtype=np.dtype(t.dtype).type) for t in io.inputs],
+                outputs=[ct.TensorType(name=t.name, dtype=np.dtype(t.dtype).type) for t in io.outputs],
                 convert_to="mlprogram",
                 minimum_deployment_target=getattr(ct.target, self.settings["min_target"]),
-                compute_precision=ct.precision.FLOAT16 if embed_dtype == np.float16 else ct.precision.FLOAT32,
-                compute_units=getattr(ct.ComputeUnit, self.settings["compute_units"].upper()),
+                compute_precision=ct.precision.FLOAT16 if io.embeds_dtype == "float16" else ct.precision.FLOAT32,
+                compute_units=compute_unit(self.settings["compute_units"]),
             )
-        mlmodel.short_description = f"HiPrune-pruned vision encoder + projector ({job.metadata['hiprune.source']})"
+        mlmodel.short_description = f"HiPrune-pruned vision encoder + projector ({job.source})"
         mlmodel.version = __version__
         mlmodel.author = "hiprune-export"
-        for name, text in DESCRIPTIONS.items():
-            (mlmodel.input_description if name == "pixel_values" else mlmodel.output_description)[name] = text
+        for info in io.inputs:
+            mlmodel.input_description[info.name] = DESCRIPTIONS[info.name]
+        for info in io.outputs:
+            mlmodel.output_description[info.name] = DESCRIPTIONS[info.name]
         mlmodel.user_defined_metadata.update({**job.metadata, METADATA_COMPUTE_UNITS: self.settings["compute_units"]})
         return mlmodel
 
-    def _predict(self, job: BuildJob, stage: Path) -> dict[str, Any] | str:
+    def _predict(self, job: BuildJob, io: IOContract, stage: Path) -> dict[str, Any] | str:
         missing = coreml_predict_missing()
         if missing is not None:
             return f"not run: {missing}"
         pixel_values, reference = reference_outputs(job)
-        with CoreMLRunner(stage / PACKAGE) as runner:
-            actual = runner.infer({"pixel_values": pixel_values})
+        with CoreMLRunner(stage / PACKAGE, contract=io) as runner:
+            actual = runner.infer(io.feed(pixel_values))
         check = compare_outputs(reference, actual, TOLERANCES[("coreml", self.settings["precision"])])
         if not check.ok:
             raise ExportError(f"Core ML predictions disagree with PyTorch: {check.describe()}")
@@ -120,8 +109,9 @@ class CoreMLTarget(Target):
         )
 
 
-def _output_dtypes(precision: str) -> dict[str, str]:
-    return {"image_embeds": "float16" if precision == "fp16" else "float32", "indices": "int32"}
+def package_contract(io: IOContract, precision: str) -> IOContract:
+    """The package's outputs: embeds in the requested precision, indices int32 (Core ML has no int64 outputs)."""
+    return io.with_dtypes(embeds="float16" if precision == "fp16" else "float32", indices="int32")
 
 
 def check_program(job: BuildJob, program: torch.export.ExportedProgram) -> Comparison:
@@ -129,11 +119,10 @@ def check_program(job: BuildJob, program: torch.export.ExportedProgram) -> Compa
     pixel_values, reference = reference_outputs(job)
     with torch.no_grad():
         embeds, indices = program.module()(torch.from_numpy(pixel_values))
-    actual = {"image_embeds": embeds.numpy(), "indices": indices.numpy()}
-    return compare_outputs(reference, actual, TOLERANCES[("onnx", "fp32")])
+    return compare_outputs(reference, job.io.name_outputs(embeds.numpy(), indices.numpy()), REFERENCE_TOLERANCE)
 
 
-def check_package(package: Path, job: BuildJob, precision: str, min_target: str) -> list[str]:
+def check_package(package: Path, io: IOContract, min_target: str) -> list[str]:
     """Loads the saved spec and checks static output shapes, dtypes and that every MIL op exists for the
     deployment target; returns the program's op types."""
     import coremltools as ct
@@ -141,12 +130,8 @@ def check_package(package: Path, job: BuildJob, precision: str, min_target: str)
 
     with quiet("coremltools"):
         mlmodel = ct.models.MLModel(str(package), skip_model_load=True)
-    cfg, spec = job.loaded.encoder.config, mlmodel.get_spec()
-    embed_dim = job.loaded.adapter.spec.embed_dim
-    expected = {
-        "image_embeds": ((job.batch, cfg.kept, embed_dim), "FLOAT16" if precision == "fp16" else "FLOAT32"),
-        "indices": ((job.batch, cfg.kept), "INT32"),
-    }
+    spec = mlmodel.get_spec()
+    expected = {info.name: (info.shape, info.dtype.upper()) for info in io.outputs}
     array_types = ct.proto.FeatureTypes_pb2.ArrayFeatureType.ArrayDataType
     for output in spec.description.output:
         shape = tuple(int(d) for d in output.type.multiArrayType.shape)

@@ -16,21 +16,22 @@ import tempfile
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
+
 from hiprune import __version__
 from hiprune.artifacts import MANIFEST, read_manifest, write_manifest
 from hiprune.backends import tensorrt_missing
+from hiprune.contract import IMAGE_EMBEDS, INDICES, PIXEL_VALUES, IOContract
 from hiprune.errors import BackendUnavailableError, ConfigError, ExportError
 from hiprune.graphs.pipelines import tensorrt_ready
 from hiprune.runtime.compare import TOLERANCES, Comparison, compare_outputs
-from hiprune.targets.base import BuildJob, BuildOutput, Target, TargetOption
-from hiprune.targets.onnx import check_on_ort, reference_outputs, save_model, traced_and_checked
+from hiprune.targets.base import BuildJob, BuildOutput, Target
+from hiprune.targets.spine import REFERENCE_TOLERANCE, check_input, check_on_ort, save_model, traced_and_checked
 
 MODEL_FILE = "model.onnx"
 ENGINE_FILE = "model.engine"
 TIMING_CACHE = "timing.cache"
 BUILD_LOG = "build.log"
-PRECISIONS = ("fp16", "bf16", "fp32", "int8", "fp8")
-NEEDS_CALIBRATION = ("int8", "fp8")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,21 +93,10 @@ class EngineSettings:
 
 class TensorRTTarget(Target):
     name: ClassVar[str] = "tensorrt"
-    options: ClassVar[dict[str, TargetOption]] = {
-        "device": TargetOption(tuple(PROFILES), "gpu"),
-        "precision": TargetOption(PRECISIONS, "fp16"),
-        "build": TargetOption(("auto", "now", "defer"), "auto"),
-    }
 
     def __init__(self, given: dict[str, str] | None = None) -> None:
         super().__init__(given)
-        precision = self.settings["precision"]
-        if precision in NEEDS_CALIBRATION:
-            raise ConfigError(
-                f"--precision {precision} needs calibration data, which hiprune-export does not support yet; "
-                "use fp16 (default), bf16 or fp32"
-            )
-        self.engine = EngineSettings.for_profile(self.settings["device"], precision)
+        self.engine = EngineSettings.for_profile(self.settings["device"], self.settings["precision"])
 
     def check_available(self) -> None:
         if self.settings["build"] == "now" and (missing := tensorrt_missing()) is not None:
@@ -124,7 +114,7 @@ class TensorRTTarget(Target):
                 fp32 = tensorrt_ready(model, "fp32")
                 fp32_path = stage / MODEL_FILE if ready is None else Path(scratch) / MODEL_FILE
                 save_model(fp32, fp32_path)
-                parity = check_on_ort(job, fp32_path, TOLERANCES[("onnx", "fp32")])
+                parity = check_on_ort(job, fp32_path, REFERENCE_TOLERANCE)
             if not parity.ok:
                 raise ExportError(f"the inlined, folded graph disagrees with PyTorch: {parity.describe()}")
         if ready is not None:
@@ -142,7 +132,7 @@ class TensorRTTarget(Target):
         }
         if self._build_now():
             with job.steps.step(f"Building the TensorRT engine ({self.engine.device}, {precision})"):
-                engine_check = build_and_check(stage, self.engine, job)
+                engine_check = build_and_check(stage, self.engine, job.io, check_input(job))
             details.update(engine_built=True, engine_check=dataclasses.asdict(engine_check))
             return BuildOutput(ENGINE_FILE, details, parity, note=f"Engine built: {engine_check.describe()}")
         note = (
@@ -189,13 +179,13 @@ def write_scripts(directory: Path, engine: EngineSettings) -> None:
         "--onnxrt",
         *engine.polygraphy_args(),
         "--val-range",
-        "pixel_values:[-2,2]",
+        f"{PIXEL_VALUES}:[-2,2]",
         "--atol",
-        f"image_embeds:{tolerance.atol}",
-        "indices:0",
+        f"{IMAGE_EMBEDS}:{tolerance.atol}",
+        f"{INDICES}:0",
         "--rtol",
-        f"image_embeds:{tolerance.atol}",
-        "indices:0",
+        f"{IMAGE_EMBEDS}:{tolerance.atol}",
+        f"{INDICES}:0",
     ]
     compare = header + (
         "# Builds the engine in memory and compares it with ONNX Runtime on the same random input.\n"
@@ -225,22 +215,23 @@ def build_engine(onnx_path: Path, engine_path: Path, engine: EngineSettings, log
     SaveEngine(EngineFromNetwork(network, config=config, save_timing_cache=str(cache)), str(engine_path))()
 
 
-def build_and_check(directory: Path, engine: EngineSettings, job: BuildJob | None = None) -> Comparison:
-    """Builds ``model.engine`` in ``directory`` and compares it once with ONNX Runtime on the bundle's graph."""
-    import numpy as np
-
+def build_and_check(
+    directory: Path, engine: EngineSettings, io: IOContract, pixel_values: np.ndarray | None = None
+) -> Comparison:
+    """Builds ``model.engine`` in ``directory`` and compares it once with ONNX Runtime on the bundle's graph
+    (on ``pixel_values``, or a seeded random input of the contract's shape)."""
     from hiprune.runtime.runners import OrtRunner
     from hiprune.runtime.tensorrt_runner import TrtEngineRunner
 
+    if pixel_values is None:
+        pixel_values = np.random.default_rng(1).standard_normal(io.pixel_values.shape, dtype=np.float32)
     build_engine(directory / MODEL_FILE, directory / ENGINE_FILE, engine, directory / BUILD_LOG)
-    with OrtRunner(directory / MODEL_FILE) as ort_runner, TrtEngineRunner(directory / ENGINE_FILE) as trt_runner:
-        if job is not None:
-            pixel_values = reference_outputs(job)[0]
-        else:
-            shape = ort_runner.input_specs()[0].shape
-            pixel_values = np.random.default_rng(1).standard_normal(shape, dtype=np.float32)
-        want = ort_runner.infer({"pixel_values": pixel_values})
-        got = trt_runner.infer({"pixel_values": pixel_values})
+    with (
+        OrtRunner(directory / MODEL_FILE, contract=io) as ort_runner,
+        TrtEngineRunner(directory / ENGINE_FILE) as trt_runner,
+    ):
+        want = ort_runner.infer(io.feed(pixel_values))
+        got = trt_runner.infer(io.feed(pixel_values))
     return compare_outputs(want, got, TOLERANCES[("tensorrt", engine.precision)])
 
 
@@ -257,7 +248,7 @@ def build_engine_from_bundle(directory: Path) -> Comparison:
     if (missing := tensorrt_missing()) is not None:
         raise BackendUnavailableError(f"cannot build the engine here: {missing}")
     engine = EngineSettings(**manifest["target_details"]["engine_settings"])
-    check = build_and_check(directory, engine)
+    check = build_and_check(directory, engine, IOContract.from_manifest(manifest))
     manifest["target_details"].update(engine_built=True, engine_check=dataclasses.asdict(check))
     manifest["artifact"] = ENGINE_FILE
     write_manifest(directory, manifest)

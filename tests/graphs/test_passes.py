@@ -14,7 +14,7 @@ from hiprune.errors import ExportError
 from hiprune.graphs.passes import AttachSelectFunctionPass, InlineSelectPass, StaticShapesPass, ValueNamesPass
 from hiprune.graphs.pipelines import inline_for_parsers
 from hiprune.runtime import OrtRunner
-from hiprune.targets.onnx import save_model
+from hiprune.targets.spine import save_model
 
 
 @pytest.fixture(scope="module")

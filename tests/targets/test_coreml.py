@@ -96,7 +96,7 @@ def test_decomposed_program_matches_oracle(tiny_checkpoint, reference_model, geo
     assert not any("hiprune" in str(n.target) for n in program.graph.nodes)
     size = geometry.get("image_size", 32)
     pixel_values = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(4)) * 2
-    resolved = loaded.encoder.config
+    resolved = loaded.encoder.plan
     with torch.no_grad():
         _, indices = program.module()(pixel_values)
         s_obj, s_deep, _ = reference_scores(

@@ -1,4 +1,4 @@
-"""Every registered target resolves, and has a test module of its own."""
+"""Every registered target resolves, has a test module of its own, and takes exactly its declared options."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from hiprune.errors import ConfigError
-from hiprune.targets import TARGETS, Target, get_target
+from hiprune.targets import OPTIONS, TARGETS, Target, get_target
+from hiprune.targets.options import resolve_options
 
 
 @pytest.mark.parametrize("name", sorted(TARGETS))
@@ -21,8 +22,20 @@ def test_unknown_target_lists_available():
         get_target("nope")
 
 
-@pytest.mark.parametrize("name", sorted(TARGETS))
-def test_option_owners_match_target_options(name):
-    from hiprune.targets import OPTION_OWNERS
+def test_declared_options_name_registered_targets_and_valid_defaults():
+    for option in OPTIONS:
+        assert set(option.targets) <= set(TARGETS), option.key
+        for choices in option.targets.values():
+            assert choices.default in choices.values and not set(choices.refused) & set(choices.values)
 
-    assert OPTION_OWNERS[name] == tuple(get_target(name).options)
+
+def test_tensorrt_devices_are_the_declared_ones():
+    from hiprune.targets.tensorrt import PROFILES
+
+    assert tuple(PROFILES) == tuple(get_target("tensorrt").options()["device"].values)
+
+
+def test_refused_value_says_why_and_is_not_a_choice():
+    with pytest.raises(ConfigError, match=r"^--precision int8 needs calibration data.*; use one of: fp16, bf16, fp32$"):
+        resolve_options("tensorrt", {"precision": "int8"})
+    assert "int8" not in next(o for o in OPTIONS if o.key == "precision").all_values()
