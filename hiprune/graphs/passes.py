@@ -52,10 +52,12 @@ class AttachSelectFunctionPass(InPlacePass):
             raise PostconditionError(f"{select_op.DOMAIN}::{select_op.OP_TYPE} has no function body after the pass")
 
 
-class InlineSelectPass(InPlacePass):
-    """Replaces each ``hiprune::Select`` node by its function body (standard ops only) and drops the function.
+class InlineFunctionsPass(InPlacePass):
+    """Inlines every model-local function (onnx-ir's ``InlinePass``) and drops the ``hiprune`` opset import.
 
-    The TensorRT-bound form: parsers without the custom domain see only standard ops.
+    The exporter leaves one kind of local function, the ``hiprune::Select`` body, so this is how the Select
+    node becomes standard ops: the TensorRT-bound form, for parsers without the custom domain. Requires every
+    Select node to have its body; ensures only standard ops and no local functions remain.
     """
 
     def requires(self, model: ir.Model) -> None:
@@ -106,9 +108,14 @@ class StaticShapesPass(InPlacePass):
         return PassResult(model, modified=False)
 
 
-class FoldConstantsPass(InPlacePass):
-    """Constant folding and dead-node removal (onnxscript's optimizer); with static shapes this turns every
-    shape computation, and every TopK K, into an initializer."""
+class OnnxscriptOptimizePass(InPlacePass):
+    """Runs onnxscript's whole default optimizer: constant folding, its default rewrite rules, dead-node and
+    unused-function removal, constant lifting, initializer deduplication, CSE and name fixes.
+
+    With static shapes this turns every shape computation, and every TopK K, into an initializer (what
+    TensorRT's parser needs). The optimizer does not report what it changed, so ``modified`` means "the node
+    count changed"; the pipelines here run each pass once and do not read it.
+    """
 
     def call(self, model: ir.Model) -> PassResult:
         import onnxscript.optimizer

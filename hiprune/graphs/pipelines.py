@@ -11,7 +11,7 @@ from onnx_ir.passes.common import CheckerPass, ShapeInferencePass
 from hiprune.errors import HiPruneError
 from hiprune.graphs.passes import (
     AttachSelectFunctionPass,
-    InlineSelectPass,
+    InlineFunctionsPass,
     MetadataPass,
     StaticShapesPass,
     ValueNamesPass,
@@ -47,28 +47,16 @@ def finalize_onnx(model: ir.Model, metadata: Mapping[str, str]) -> ir.Model:
     return run_passes(passes, model)
 
 
-def inline_for_parsers(model: ir.Model) -> ir.Model:
-    """A finalized model → standard ops only, for parsers that know no custom domain (TensorRT)."""
-    passes = [
-        InlineSelectPass(),  # the Select body becomes ordinary nodes in the main graph
-        ShapeInferencePass(),  # shapes for the new nodes
-        CheckerPass(full_check=True),
-        StaticShapesPass(),
-        ValueNamesPass(),  # the inlined body's names now live in the main graph
-    ]
-    return run_passes(passes, model)
-
-
 def tensorrt_ready(model: ir.Model, precision: str) -> ir.Model:
     """A finalized model → what TensorRT's parser builds as a strongly typed network, checked against its table."""
-    from hiprune.graphs.passes import FoldConstantsPass
+    from hiprune.graphs.passes import OnnxscriptOptimizePass
     from hiprune.graphs.precision import convert_precision
     from hiprune.graphs.tensorrt_compat import TensorRTCompatibilityPass
 
     model = convert_precision(model, precision)  # first: the fp32 island is found by the Select node
     passes = [
-        InlineSelectPass(),  # no custom domain: the parser would need a plugin
-        FoldConstantsPass(),  # static shapes fold Shape/Range away; TopK's K becomes an initializer
+        InlineFunctionsPass(),  # no custom domain: the parser would need a plugin
+        OnnxscriptOptimizePass(),  # static shapes fold Shape/Range away; TopK's K becomes an initializer
         ShapeInferencePass(),
         CheckerPass(full_check=True),
         ValueNamesPass(),  # TensorRT keys tensors by name: a duplicate fails the engine build

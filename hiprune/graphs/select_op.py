@@ -1,7 +1,7 @@
 """``hiprune::Select``: the ONNX form of the selection, one node carrying a model-local function body.
 
 The body is made of standard ONNX ops only, so any ONNX runtime runs the node as is; a runtime with a native
-kernel for ``hiprune::Select`` may replace it, and :class:`~hiprune.graphs.passes.InlineSelectPass` turns it
+kernel for ``hiprune::Select`` may replace it, and :class:`~hiprune.graphs.passes.InlineFunctionsPass` turns it
 into plain ops (the TensorRT-bound form). The body mirrors :func:`hiprune.selection.select_static` op for op.
 
 Attributes:

@@ -105,7 +105,7 @@ def _constant(value: ir.Value | None) -> np.ndarray | None:
 def node_violation(node: ir.Node) -> str | None:
     """Why TensorRT's parser would reject ``node``, or None."""
     if node.domain not in ("", "ai.onnx"):
-        return f"custom domain {node.domain!r} needs a plugin; inline it (InlineSelectPass)"
+        return f"custom domain {node.domain!r} needs a plugin; inline it (InlineFunctionsPass)"
     if node.op_type in UNSUPPORTED:
         return UNSUPPORTED[node.op_type]
     rule = SUPPORTED.get(node.op_type)

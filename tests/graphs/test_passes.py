@@ -11,8 +11,8 @@ from onnx_ir.passes import PostconditionError, PreconditionError
 from hiprune.api import ExportRequest, export
 from hiprune.config import HiPruneConfig
 from hiprune.errors import ExportError
-from hiprune.graphs.passes import AttachSelectFunctionPass, InlineSelectPass, StaticShapesPass, ValueNamesPass
-from hiprune.graphs.pipelines import inline_for_parsers
+from hiprune.graphs.passes import AttachSelectFunctionPass, InlineFunctionsPass, StaticShapesPass, ValueNamesPass
+from hiprune.graphs.pipelines import tensorrt_ready
 from hiprune.runtime import OrtRunner
 from hiprune.targets.spine import save_model
 
@@ -25,7 +25,7 @@ def exported(tiny_checkpoint, tmp_path_factory):
 
 
 def test_inlining_gives_identical_outputs(exported, tmp_path):
-    inlined = inline_for_parsers(ir.load(exported.artifact))
+    inlined = InlineFunctionsPass()(ir.load(exported.artifact)).model
     assert not inlined.functions and "hiprune" not in inlined.opset_imports
     assert all(node.domain in ("", "ai.onnx") for node in inlined.graph)
     save_model(inlined, tmp_path / "inlined.onnx")
@@ -37,7 +37,7 @@ def test_inlining_gives_identical_outputs(exported, tmp_path):
 
 
 def test_attach_requires_a_select_node(exported):
-    inlined = inline_for_parsers(ir.load(exported.artifact))
+    inlined = InlineFunctionsPass()(ir.load(exported.artifact)).model
     with pytest.raises(PreconditionError, match="expected at least one hiprune::Select node; found none"):
         AttachSelectFunctionPass()(inlined)
 
@@ -46,7 +46,7 @@ def test_inline_requires_the_function_body(exported):
     model = ir.load(exported.artifact)
     model.functions.clear()
     with pytest.raises(PreconditionError, match="has no model-local function to inline"):
-        InlineSelectPass()(model)
+        InlineFunctionsPass()(model)
 
 
 def test_static_shapes_pass_names_the_dynamic_value(exported):
@@ -86,4 +86,4 @@ def test_pipeline_fails_on_a_placeholder_in_the_select_body(exported):
     body = next(iter(model.functions.values()))
     next(n for n in body if n.op_type == "TopK").outputs[0].name = "_"
     with pytest.raises(ExportError, match=r"graph contract: .*placeholder name '_'"):
-        inline_for_parsers(model)
+        tensorrt_ready(model, "fp32")
