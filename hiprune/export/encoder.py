@@ -60,9 +60,7 @@ class PrunedEncoder(nn.Module):
     adapter's business (:class:`~hiprune.export.adapters.EncoderAdapter`).
     """
 
-    def __init__(
-        self, adapter: EncoderAdapter, trunk: VisionTrunk, projector: nn.Module, plan: SelectionPlan
-    ) -> None:
+    def __init__(self, adapter: EncoderAdapter, trunk: VisionTrunk, projector: nn.Module, plan: SelectionPlan) -> None:
         super().__init__()
         self.adapter = adapter
         self.trunk = trunk
