@@ -39,3 +39,16 @@ def test_refused_value_says_why_and_is_not_a_choice():
     with pytest.raises(ConfigError, match=r"^--precision int8 needs calibration data.*; use one of: fp16, bf16, fp32$"):
         resolve_options("tensorrt", {"precision": "int8"})
     assert "int8" not in next(o for o in OPTIONS if o.key == "precision").all_values()
+
+
+def test_cli_help_and_refusal_come_from_the_declaration(tmp_path):
+    from click.testing import CliRunner
+
+    from hiprune.cli import main
+
+    help_text = CliRunner().invoke(main, ["--help"]).output
+    assert "--precision [fp16|bf16|fp32]" in help_text and "int8" not in help_text
+    result = CliRunner().invoke(main, ["--target", "tensorrt", "--precision", "int8", "--output", str(tmp_path / "o")])
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == ConfigError.exit_code and len(lines) == 1, result.output
+    assert lines[0].startswith("error: --precision int8 needs calibration data") and not (tmp_path / "o").exists()
