@@ -152,15 +152,16 @@ def main(
 @click.argument("bundle_dir", type=click.Path(path_type=Path))
 @click.option("--verbose", is_flag=True, help="Show tracebacks on errors.")
 def build_engine_command(bundle_dir: Path, verbose: bool) -> None:
-    """Build model.engine from a --target tensorrt bundle, on the device (needs TensorRT and a GPU)."""
+    """Build model.engine from a --target tensorrt bundle, on the device (TensorRT + GPU, or TensorRT-RTX)."""
 
     def action() -> Any:
-        from hiprune.targets.tensorrt import build_engine_from_bundle
+        from hiprune.runtime.tensorrt_build import build_engine_from_bundle
 
         return build_engine_from_bundle(bundle_dir)
 
-    check = _run(action, verbose)
-    click.echo(f"built {bundle_dir / 'model.engine'}; engine vs ONNX Runtime: {check.describe()}")
+    check, not_run = _run(action, verbose)
+    verdict = check.describe() if check is not None else f"not run here ({not_run})"
+    click.echo(f"built {bundle_dir / 'model.engine'}; engine vs ONNX Runtime: {verdict}")
 
 
 def _print_summary(console: Console, result: ExportResult) -> None:

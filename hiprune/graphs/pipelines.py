@@ -47,19 +47,23 @@ def finalize_onnx(model: ir.Model, metadata: Mapping[str, str]) -> ir.Model:
     return run_passes(passes, model)
 
 
-def tensorrt_ready(model: ir.Model, precision: str) -> ir.Model:
-    """A finalized model → what TensorRT's parser builds as a strongly typed network, checked against its table."""
+def tensorrt_ready(model: ir.Model, precision: str, op_table_findings: list[str] | None = None) -> ir.Model:
+    """A finalized model → what TensorRT's parser builds as a strongly typed network, checked against its table.
+
+    ``model`` is left as it was (the passes run on a clone that shares its weights). With ``op_table_findings``
+    the op table's objections are collected there instead of raised: the caller has a real parser to decide.
+    """
     from hiprune.graphs.passes import OnnxscriptOptimizePass
     from hiprune.graphs.precision import convert_precision
     from hiprune.graphs.tensorrt_compat import TensorRTCompatibilityPass
 
-    model = convert_precision(model, precision)  # first: the fp32 island is found by the Select node
+    model = convert_precision(model.clone(), precision)  # first: the fp32 island is found by the Select node
     passes = [
         InlineFunctionsPass(),  # no custom domain: the parser would need a plugin
         OnnxscriptOptimizePass(),  # static shapes fold Shape/Range away; TopK's K becomes an initializer
         ShapeInferencePass(),
         CheckerPass(full_check=True),
         ValueNamesPass(),  # TensorRT keys tensors by name: a duplicate fails the engine build
-        TensorRTCompatibilityPass(),  # last: judges exactly the graph that ships
+        TensorRTCompatibilityPass(op_table_findings),  # last: the fast pre-check of exactly the graph that ships
     ]
     return run_passes(passes, model)

@@ -128,8 +128,13 @@ def node_violation(node: ir.Node) -> str | None:
 class TensorRTCompatibilityPass(InPlacePass):
     """Fails on the first node TensorRT's ONNX parser would reject, naming the node, its op and the reason.
 
-    Also requires static shapes on every graph input and output. Changes nothing.
+    Also requires static shapes on every graph input and output. Changes nothing. Given a ``findings`` list,
+    it collects every objection there instead of failing (where a real parser is at hand to decide).
     """
+
+    def __init__(self, findings: list[str] | None = None) -> None:
+        super().__init__()
+        self.findings = findings
 
     def call(self, model: ir.Model) -> PassResult:
         for value in (*model.graph.inputs, *model.graph.outputs):
@@ -139,6 +144,10 @@ class TensorRTCompatibilityPass(InPlacePass):
                 )
         for node in model.graph:
             reason = node_violation(node)
-            if reason is not None:
-                raise ExportError(f"TensorRT compatibility: node {node.name!r} ({node.op_type}): {reason}")
+            if reason is None:
+                continue
+            message = f"TensorRT compatibility: node {node.name!r} ({node.op_type}): {reason}"
+            if self.findings is None:
+                raise ExportError(message)
+            self.findings.append(message)
         return PassResult(model, modified=False)

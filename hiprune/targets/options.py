@@ -81,6 +81,7 @@ OPTIONS: tuple[TargetOption, ...] = (
                     "gpu": "discrete NVIDIA GPU",
                     "jetson-orin": "JetPack 6.1+",
                     "jetson-thor": "JetPack 7",
+                    "rtx": "TensorRT-RTX engine for RTX GPUs, built on any machine",
                 },
                 "gpu",
             )
@@ -91,7 +92,12 @@ OPTIONS: tuple[TargetOption, ...] = (
         "When the engine is built.",
         {
             "tensorrt": OptionChoices(
-                {"auto": "engine if TensorRT + GPU are here, else a bundle", "now": "", "defer": "bundle"}, "auto"
+                {
+                    "auto": "engine if this device's TensorRT can build here, else a bundle",
+                    "now": "",
+                    "defer": "bundle",
+                },
+                "auto",
             )
         },
     ),

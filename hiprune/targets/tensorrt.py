@@ -2,10 +2,12 @@
 
 The graph is the spine's, made parser-ready (Select inlined, constants folded, checked against TensorRT's
 op table) in the requested precision: fp16 by default as a *strongly typed* network, with the selection,
-its score chains and layernorms kept fp32 (``hiprune.graphs.precision``). Where TensorRT and a GPU are present
-the engine is built through Polygraphy's loaders; elsewhere (``--build auto``/``defer``) the output directory
-is a bundle: ``model.onnx``, ``build_engine.sh`` (trtexec, same settings), ``compare.sh`` (Polygraphy,
-engine vs ONNX Runtime) and ``manifest.json``, which ``hiprune-export build-engine DIR`` reads on the device.
+its score chains and layernorms kept fp32 (``hiprune.graphs.precision``). Where TensorRT-RTX is installed its
+ONNX parser and builder judge the written graph (they need no GPU), so a bundle's ``model.onnx`` is one a real
+TensorRT has just built. ``--device rtx`` keeps that TensorRT-RTX engine as ``model.engine``; the other devices
+build with TensorRT proper where it and a GPU are here, and otherwise write a bundle: ``model.onnx``,
+``build_engine.sh`` (trtexec, same settings), ``compare.sh`` (Polygraphy, engine vs ONNX Runtime) and
+``manifest.json``, which ``hiprune-export build-engine DIR`` reads on the device.
 """
 
 from __future__ import annotations
@@ -16,21 +18,27 @@ import tempfile
 from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
-
 from hiprune import __version__
-from hiprune.artifacts import MANIFEST, read_manifest, write_manifest
-from hiprune.backends import tensorrt_missing
-from hiprune.contract import IMAGE_EMBEDS, INDICES, PIXEL_VALUES, IOContract
-from hiprune.errors import BackendUnavailableError, ConfigError, ExportError
+from hiprune.backends import jetson_model, tensorrt_missing, tensorrt_rtx_missing, tensorrt_rtx_runtime_missing
+from hiprune.contract import IMAGE_EMBEDS, INDICES, PIXEL_VALUES
+from hiprune.errors import BackendUnavailableError, ExportError
 from hiprune.graphs.pipelines import tensorrt_ready
-from hiprune.runtime.compare import TOLERANCES, Comparison, compare_outputs
+from hiprune.runtime.compare import TOLERANCES, Comparison
+from hiprune.runtime.tensorrt_build import (
+    CHECK_SEED,
+    ENGINE_FILE,
+    MODEL_FILE,
+    TENSORRT,
+    TENSORRT_RTX,
+    TIMING_CACHE,
+    EngineBuild,
+    build_serialized,
+    check_engine,
+    require_agreement,
+)
 from hiprune.targets.base import BuildJob, BuildOutput, Target
-from hiprune.targets.spine import REFERENCE_TOLERANCE, check_input, check_on_ort, save_model, traced_and_checked
+from hiprune.targets.spine import REFERENCE_TOLERANCE, check_on_ort, save_model, traced_and_checked
 
-MODEL_FILE = "model.onnx"
-ENGINE_FILE = "model.engine"
-TIMING_CACHE = "timing.cache"
 BUILD_LOG = "build.log"
 
 
@@ -43,14 +51,22 @@ class DeviceProfile:
     workspace_mib: int  # builder scratch memory pool; Jetson shares it with the CPU
     builder_optimization_level: int  # 0-5; 3 is TensorRT's default, 4-5 search longer for faster engines
     tensorrt: str  # the TensorRT the flags assume
+    jetson: str | None = None  # the word in /proc/device-tree/model of the Jetson this profile is for
 
 
 PROFILES: dict[str, DeviceProfile] = {
     "gpu": DeviceProfile("gpu", "discrete NVIDIA GPU (RTX, datacenter)", 8192, 4, "TensorRT 10.x"),
     "jetson-orin": DeviceProfile(
-        "jetson-orin", "Jetson AGX / Orin NX / Orin Nano", 2048, 3, "TensorRT 10.3+ (JetPack 6.1 / 6.2)"
+        "jetson-orin", "Jetson AGX / Orin NX / Orin Nano", 2048, 3, "TensorRT 10.3+ (JetPack 6.1 / 6.2)", "orin"
     ),
-    "jetson-thor": DeviceProfile("jetson-thor", "Jetson AGX Thor", 8192, 4, "TensorRT 10.13+ (JetPack 7)"),
+    "jetson-thor": DeviceProfile("jetson-thor", "Jetson AGX Thor", 8192, 4, "TensorRT 10.13+ (JetPack 7)", "thor"),
+    "rtx": DeviceProfile(
+        "rtx",
+        "RTX-class GPU, compute capability 8.0-8.9 or 12.x (engine built ahead of time, any machine)",
+        8192,
+        3,
+        "TensorRT-RTX 1.7+",
+    ),
 }
 
 
@@ -67,6 +83,17 @@ class EngineSettings:
     def for_profile(cls, device: str, precision: str) -> EngineSettings:
         profile = PROFILES[device]
         return cls(device, precision, profile.workspace_mib, profile.builder_optimization_level)
+
+    @property
+    def backend(self) -> str:
+        return TENSORRT_RTX if self.device == "rtx" else TENSORRT
+
+    def build(self, onnx_path: Path, engine_path: Path | None = None, backend: str | None = None) -> EngineBuild:
+        """Parses and builds ``onnx_path`` with these settings (by default with this device's TensorRT)."""
+        backend = backend or self.backend
+        cache = engine_path.with_name(TIMING_CACHE) if engine_path is not None and backend == TENSORRT else None
+        level = self.builder_optimization_level
+        return build_serialized(onnx_path, backend, self.workspace_mib, level, cache, engine_path)
 
     def trtexec_args(self) -> list[str]:
         return [
@@ -99,63 +126,123 @@ class TensorRTTarget(Target):
         self.engine = EngineSettings.for_profile(self.settings["device"], self.settings["precision"])
 
     def check_available(self) -> None:
-        if self.settings["build"] == "now" and (missing := tensorrt_missing()) is not None:
+        if self.settings["build"] == "now" and (missing := self._build_missing()) is not None:
             raise BackendUnavailableError(
-                f"--build now needs TensorRT and a GPU here: {missing}; use --build auto or defer to write a bundle"
+                f"--build now needs {self._builder_words()} here: {missing}; use --build auto or defer to write a "
+                "bundle"
             )
+
+    def _builder_words(self) -> str:
+        return "TensorRT-RTX" if self.engine.backend == TENSORRT_RTX else "TensorRT and a GPU"
+
+    def _build_missing(self) -> str | None:
+        """Why this device's engine cannot be built here, or None."""
+        if self.engine.backend == TENSORRT_RTX:
+            return tensorrt_rtx_missing()
+        if (missing := tensorrt_missing()) is not None:
+            return missing
+        jetson = PROFILES[self.engine.device].jetson
+        if jetson is not None and jetson not in (jetson_model() or "").lower():
+            return f"this machine is not a Jetson {jetson.title()} (an engine built here would not run there)"
+        return None
 
     def build(self, job: BuildJob, stage: Path) -> BuildOutput:
         precision = self.engine.precision
         model = traced_and_checked(job)
         with job.steps.step(f"TensorRT-ready graph ({precision}, inlined, folded, op-table check)"):
-            ready = tensorrt_ready(model, precision) if precision != "fp32" else None
-        with tempfile.TemporaryDirectory(prefix="hiprune-trt-") as scratch:
-            with job.steps.step("fp32 TensorRT-ready graph on ONNX Runtime (CPU) against PyTorch"):
-                fp32 = tensorrt_ready(model, "fp32")
-                fp32_path = stage / MODEL_FILE if ready is None else Path(scratch) / MODEL_FILE
-                save_model(fp32, fp32_path)
-                parity = check_on_ort(job, fp32_path, REFERENCE_TOLERANCE)
-            if not parity.ok:
-                raise ExportError(f"the inlined, folded graph disagrees with PyTorch: {parity.describe()}")
-        if ready is not None:
+            table: list[str] = []
+            ready = tensorrt_ready(model, precision, op_table_findings=table if self._parser_here() else None)
+        twin = self._fp32_twin_check(job, model, stage if precision == "fp32" else None)
+        del model
+        if precision != "fp32":
             with job.steps.step(f"Writing the {precision} {MODEL_FILE}"):
                 save_model(ready, stage / MODEL_FILE)
-        bundle_check = self._check_bundle_graph(job, stage / MODEL_FILE)
-        write_scripts(stage, self.engine)
+        del ready
+        written, label = self._written_graph_check(job, stage / MODEL_FILE, twin)
         details: dict[str, Any] = {
             "profile": dataclasses.asdict(PROFILES[self.engine.device]),
             "engine_settings": dataclasses.asdict(self.engine),
             "strongly_typed": True,
-            "trtexec": "trtexec " + shlex.join(self.engine.trtexec_args()),
-            "checks": {"fp32_tensorrt_ready_on_ort": dataclasses.asdict(parity), "bundle_graph_on_ort": bundle_check},
+            "checks": {"fp32_tensorrt_ready_on_ort": dataclasses.asdict(twin), "written_graph_on_ort": label},
+            "op_table": table or "passed",
             "engine_built": False,
         }
-        if self._build_now():
-            with job.steps.step(f"Building the TensorRT engine ({self.engine.device}, {precision})"):
-                engine_check = build_and_check(stage, self.engine, job.io, check_input(job))
-            details.update(engine_built=True, engine_check=dataclasses.asdict(engine_check))
-            return BuildOutput(ENGINE_FILE, details, parity, note=f"Engine built: {engine_check.describe()}")
-        note = (
-            "TensorRT is not available here, so this is a build bundle: copy the directory to the device and run "
-            "./build_engine.sh (trtexec) or `hiprune-export build-engine DIR` there; ./compare.sh checks the engine."
-        )
-        return BuildOutput(MODEL_FILE, details, parity, note=note)
+        if self.engine.device != "rtx":
+            write_scripts(stage, self.engine)
+            details["trtexec"] = "trtexec " + shlex.join(self.engine.trtexec_args())
+        note = self._engines(job, stage, details)
+        return BuildOutput(details["artifact"], details, written, note=note, comparison_label=label)
 
-    def _build_now(self) -> bool:
-        mode = self.settings["build"]
-        return mode == "now" or (mode == "auto" and tensorrt_missing() is None)
+    def _parser_here(self) -> bool:
+        """Whether a real TensorRT parser will judge the written graph in this export."""
+        return tensorrt_rtx_missing() is None or (self.settings["build"] != "defer" and self._build_missing() is None)
 
-    def _check_bundle_graph(self, job: BuildJob, path: Path) -> dict[str, Any] | str:
+    def _fp32_twin_check(self, job: BuildJob, model: Any, stage: Path | None) -> Comparison:
+        """The fp32 TensorRT-ready graph on ORT vs PyTorch: the inlining and folding change nothing."""
+        with job.steps.step("fp32 TensorRT-ready graph on ONNX Runtime (CPU) against PyTorch"):
+            fp32 = tensorrt_ready(model, "fp32")
+            with tempfile.TemporaryDirectory(prefix="hiprune-trt-") as scratch:
+                path = (stage or Path(scratch)) / MODEL_FILE
+                save_model(fp32, path)
+                parity = check_on_ort(job, path, REFERENCE_TOLERANCE)
+        if not parity.ok:
+            raise ExportError(f"the inlined, folded graph disagrees with PyTorch: {parity.describe()}")
+        return parity
+
+    def _written_graph_check(self, job: BuildJob, path: Path, twin: Comparison) -> tuple[Comparison, str]:
+        """The check of the graph that ships (fp16 by default), which the summary and manifest report."""
         precision = self.engine.precision
         if precision == "fp32":
-            return "same graph as the fp32 check"
+            return twin, "check vs PyTorch (fp32 graph, ORT CPU)"
         if precision == "bf16":
-            return "not run: ONNX Runtime's CPU provider has no bf16 kernels; types and op table checked"
+            return twin, "check vs PyTorch (fp32 twin: ORT CPU has no bf16 kernels)"
         with job.steps.step(f"{precision} graph on ONNX Runtime (CPU) against PyTorch"):
             check = check_on_ort(job, path, TOLERANCES[("tensorrt", precision)])
         if not check.ok:
             raise ExportError(f"the {precision} graph drifts too far from PyTorch on ORT CPU: {check.describe()}")
-        return dataclasses.asdict(check)
+        return check, f"check vs PyTorch ({precision} graph, ORT CPU)"
+
+    def _engines(self, job: BuildJob, stage: Path, details: dict[str, Any]) -> str:
+        """The real parser's verdict on the written graph, and the engine where one is built here."""
+        details["artifact"] = MODEL_FILE
+        build_here = self.settings["build"] != "defer" and self._build_missing() is None
+        if build_here:
+            return self._build_engine(job, stage, details)
+        if tensorrt_rtx_missing() is None:
+            with job.steps.step(f"TensorRT-RTX parser + strongly typed build of {MODEL_FILE} (verdict only)"):
+                verdict = self.engine.build(stage / MODEL_FILE, backend=TENSORRT_RTX)
+            details["parser"] = dataclasses.asdict(verdict)
+        else:
+            details["parser"] = f"not run: {tensorrt_rtx_missing()}; op table only"
+        if self.engine.device == "rtx":
+            return (
+                f"Bundle only: {self._build_missing() or '--build defer'}. "
+                f"Run `hiprune-export build-engine DIR` where tensorrt-rtx is installed (any machine)."
+            )
+        why = self._build_missing() or "--build defer"
+        return (
+            f"Build bundle ({why}): copy the directory to the device and run ./build_engine.sh (trtexec) or "
+            "`hiprune-export build-engine DIR` there; ./compare.sh checks the engine."
+        )
+
+    def _build_engine(self, job: BuildJob, stage: Path, details: dict[str, Any]) -> str:
+        """Builds ``model.engine`` with this device's TensorRT, then checks it against ORT where it can run."""
+        backend = self.engine.backend
+        with job.steps.step(f"Building {ENGINE_FILE} with {backend} ({self.engine.device}, {self.engine.precision})"):
+            info = self.engine.build(stage / MODEL_FILE, engine_path=stage / ENGINE_FILE)
+        details.update(artifact=ENGINE_FILE, engine_built=True, engine_build=dataclasses.asdict(info))
+        details["parser"] = dataclasses.asdict(info)
+        if info.compute_capabilities:
+            details["compute_capabilities"] = info.compute_capabilities
+        run_missing = tensorrt_rtx_runtime_missing() if backend == TENSORRT_RTX else None
+        if run_missing is not None:
+            details["engine_check"] = f"not run: {run_missing}"
+            return f"Engine built by {info.backend} ({info.layers} layers); not run here: {run_missing}"
+        with job.steps.step(f"{ENGINE_FILE} against ONNX Runtime (CPU), seed {CHECK_SEED}"):
+            check = check_engine(stage / MODEL_FILE, stage / ENGINE_FILE, backend, self.engine.precision, job.io)
+        details["engine_check"] = dataclasses.asdict(check)
+        require_agreement(check)
+        return f"Engine built by {info.backend}; vs ONNX Runtime: {check.describe()}"
 
 
 def write_scripts(directory: Path, engine: EngineSettings) -> None:
@@ -195,61 +282,3 @@ def write_scripts(directory: Path, engine: EngineSettings) -> None:
     for name, text in (("build_engine.sh", build), ("compare.sh", compare)):
         (directory / name).write_text(text)
         (directory / name).chmod(0o755)
-
-
-def build_engine(onnx_path: Path, engine_path: Path, engine: EngineSettings, log_path: Path) -> None:
-    """Builds a strongly typed engine from ``onnx_path`` through Polygraphy's loaders (TensorRT's Python API)."""
-    import tensorrt as trt
-    from polygraphy.backend.trt import CreateConfig, EngineFromNetwork, NetworkFromOnnxPath, SaveEngine
-    from polygraphy.logger import G_LOGGER
-
-    G_LOGGER.log_file = str(log_path)
-    cache = engine_path.with_name(TIMING_CACHE)
-    network = NetworkFromOnnxPath(str(onnx_path), strongly_typed=True)
-    config = CreateConfig(
-        memory_pool_limits={trt.MemoryPoolType.WORKSPACE: engine.workspace_mib << 20},
-        builder_optimization_level=engine.builder_optimization_level,
-        load_timing_cache=str(cache) if cache.exists() else None,
-        profiling_verbosity=trt.ProfilingVerbosity.DETAILED,
-    )
-    SaveEngine(EngineFromNetwork(network, config=config, save_timing_cache=str(cache)), str(engine_path))()
-
-
-def build_and_check(
-    directory: Path, engine: EngineSettings, io: IOContract, pixel_values: np.ndarray | None = None
-) -> Comparison:
-    """Builds ``model.engine`` in ``directory`` and compares it once with ONNX Runtime on the bundle's graph
-    (on ``pixel_values``, or a seeded random input of the contract's shape)."""
-    from hiprune.runtime.runners import OrtRunner
-    from hiprune.runtime.tensorrt_runner import TrtEngineRunner
-
-    if pixel_values is None:
-        pixel_values = np.random.default_rng(1).standard_normal(io.pixel_values.shape, dtype=np.float32)
-    build_engine(directory / MODEL_FILE, directory / ENGINE_FILE, engine, directory / BUILD_LOG)
-    with (
-        OrtRunner(directory / MODEL_FILE, contract=io) as ort_runner,
-        TrtEngineRunner(directory / ENGINE_FILE) as trt_runner,
-    ):
-        want = ort_runner.infer(io.feed(pixel_values))
-        got = trt_runner.infer(io.feed(pixel_values))
-    return compare_outputs(want, got, TOLERANCES[("tensorrt", engine.precision)])
-
-
-def build_engine_from_bundle(directory: Path) -> Comparison:
-    """``hiprune-export build-engine DIR``: the same build as the export's Python path, on the device."""
-    if not (directory / MANIFEST).is_file() or not (directory / MODEL_FILE).is_file():
-        raise ConfigError(
-            f"{directory} is not a TensorRT bundle (no manifest.json / {MODEL_FILE}); "
-            "pass the directory `hiprune-export --target tensorrt` wrote"
-        )
-    manifest = read_manifest(directory)
-    if manifest.get("target") != "tensorrt":
-        raise ConfigError(f"{directory} was exported for --target {manifest.get('target')}, not tensorrt")
-    if (missing := tensorrt_missing()) is not None:
-        raise BackendUnavailableError(f"cannot build the engine here: {missing}")
-    engine = EngineSettings(**manifest["target_details"]["engine_settings"])
-    check = build_and_check(directory, engine, IOContract.from_manifest(manifest))
-    manifest["target_details"].update(engine_built=True, engine_check=dataclasses.asdict(check))
-    manifest["artifact"] = ENGINE_FILE
-    write_manifest(directory, manifest)
-    return check
