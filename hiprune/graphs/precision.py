@@ -1,8 +1,9 @@
 """Mixed precision for strongly typed TensorRT networks: the graph's tensor types *are* the precision.
 
 Everything becomes fp16 (or bf16) except an fp32 island that accuracy needs:
-- the selection: ``hiprune::Select`` and the score chains feeding it (score-layer ``Softmax`` → means →
-  slice), so anchors and registers are ranked on fp32 scores;
+- the selection: ``hiprune::Select`` and the score chains feeding it (score-layer ``QKᵀ`` ``MatMul`` → scaling
+  → ``Softmax`` → means → slice), so anchors and registers are ranked on fp32 scores (fp16 logits there are
+  the most exposed to overflow with real weights);
 - ``LayerNormalization``, whose variance overflows in fp16 on ViT activations (TensorRT warns about exactly
   this and recommends keeping layernorm in fp32);
 - for bf16 only, ``Conv`` (the patch embedding): opset 18's Conv has no bf16 type.
@@ -19,29 +20,50 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes import InPlacePass, PassResult
 
+from hiprune.errors import ExportError
 from hiprune.graphs.passes import select_nodes
 from hiprune.quiet import quiet
 
 FP16_SMALLEST_SUBNORMAL = 2.0**-24  # smaller magnitudes are clamped to this (the converter's default is 1e-7)
 FP32_OPS = {"fp16": ("LayerNormalization",), "bf16": ("LayerNormalization", "Conv")}
 SCORE_CHAIN_OPS = ("Slice", "ReduceMean", "Squeeze", "Reshape", "Softmax")
+SCORE_LOGIT_OPS = ("Mul", "Div", "MatMul")  # under a score layer's Softmax: the scaling and QKᵀ
 
 
 def fp32_island(model: ir.Model, fp32_ops: tuple[str, ...]) -> list[str]:
-    """Names of the nodes kept in fp32: Select, its score chains up to their Softmax, and ``fp32_ops``."""
+    """Names of the nodes kept in fp32: Select, its score chains down to their QKᵀ, and ``fp32_ops``.
+
+    A pruned graph without a Select node is an error, not an island-free conversion: its scores would silently
+    be ranked in fp16.
+    """
+    selects = select_nodes(model)
+    if not selects and model.metadata_props.get("hiprune.prune") != "false":
+        raise ExportError(
+            "fp32 island: expected a hiprune::Select node to anchor the selection's fp32 island, found none; "
+            "convert precision before inlining (graphs.pipelines.tensorrt_ready does)"
+        )
     island: list[ir.Node] = []
-    for select in select_nodes(model):
+    for select in selects:
         island.append(select)
         for value in select.inputs:
-            node = value.producer() if value is not None else None
-            while node is not None and node.op_type in SCORE_CHAIN_OPS:
-                island.append(node)
-                source = node.inputs[0]
-                if node.op_type == "Softmax" or source is None:
-                    break
-                node = source.producer()
+            island += _upstream(value, SCORE_CHAIN_OPS, "Softmax")
+    for softmax in [node for node in island if node.op_type == "Softmax"]:
+        island += _upstream(softmax.inputs[0], SCORE_LOGIT_OPS, "MatMul")
     island += [node for node in model.graph if node.op_type in fp32_ops]
     return [node.name for node in island if node.name]
+
+
+def _upstream(value: ir.Value | None, ops: tuple[str, ...], last: str) -> list[ir.Node]:
+    """The chain of ``ops`` producing ``value`` through first inputs, up to and including a ``last`` node."""
+    chain: list[ir.Node] = []
+    node = value.producer() if value is not None else None
+    while node is not None and node.op_type in ops:
+        chain.append(node)
+        source = node.inputs[0]
+        if node.op_type == last or source is None:
+            break
+        node = source.producer()
+    return chain
 
 
 def convert_precision(model: ir.Model, precision: str) -> ir.Model:

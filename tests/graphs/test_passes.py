@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 import pytest
 import torch
@@ -87,3 +88,25 @@ def test_pipeline_fails_on_a_placeholder_in_the_select_body(exported):
     next(n for n in body if n.op_type == "TopK").outputs[0].name = "_"
     with pytest.raises(ExportError, match=r"graph contract: .*placeholder name '_'"):
         tensorrt_ready(model, "fp32")
+
+
+def _proto_bytes(model):
+    return ir.serde.serialize_model(model).SerializeToString(deterministic=True)
+
+
+def test_tensorrt_ready_never_mutates_its_input(exported):
+    """Called in either order on one model, each precision gives the same graph and the input stays as it was."""
+    first, second = (ir.serde.deserialize_model(onnx.load(exported.artifact)) for _ in range(2))
+    original = _proto_bytes(first)
+    fp32_then_fp16 = [_proto_bytes(tensorrt_ready(first, p)) for p in ("fp32", "fp16")]
+    fp16_then_fp32 = [_proto_bytes(tensorrt_ready(second, p)) for p in ("fp16", "fp32")][::-1]
+    assert fp32_then_fp16 == fp16_then_fp32
+    assert _proto_bytes(first) == _proto_bytes(second) == original
+
+
+def test_fp32_island_fails_without_a_select_node(exported):
+    from hiprune.graphs.precision import convert_precision
+
+    inlined = InlineFunctionsPass()(ir.load(exported.artifact)).model
+    with pytest.raises(ExportError, match="fp32 island: expected a hiprune::Select node .* found none"):
+        convert_precision(inlined, "fp16")

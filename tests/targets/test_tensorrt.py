@@ -113,6 +113,13 @@ def test_fp16_strongly_typed_graph_keeps_selection_fp32(tiny_checkpoint, referen
     for node in model.graph:
         if node.op_type in ("TopK", "ReduceMean", "LayerNormalization"):
             assert node.inputs[0].dtype == ir.DataType.FLOAT, node.name
+    score_softmax = [n for n in model.graph if n.op_type == "Softmax" and n.outputs[0].dtype == ir.DataType.FLOAT]
+    assert len(score_softmax) == 2  # the object and deep layers'; every other attention stays fp16
+    for softmax in score_softmax:  # their scaling and QKᵀ join the island (fp16 logits overflow first)
+        scale = softmax.inputs[0].producer()
+        qk = scale.inputs[0].producer()
+        assert (scale.op_type, qk.op_type) == ("Mul", "MatMul")
+        assert scale.outputs[0].dtype == qk.outputs[0].dtype == qk.inputs[0].dtype == ir.DataType.FLOAT
     assert model.graph.inputs[0].dtype == ir.DataType.FLOAT and model.graph.outputs[0].dtype == ir.DataType.FLOAT
     checks = result.manifest["target_details"]["checks"]
     assert checks["fp32_tensorrt_ready_on_ort"]["indices_equal"] is True
