@@ -8,8 +8,9 @@ neighbours as buffers, and the rest of the budget filled by the deep layer's sco
     keep = sort_ascending(topk(prio, K))
 
 ``+inf`` is above every possible score at any scale (LLaVA's means and Qwen's column sums alike).
-Ties break toward the lower index everywhere, as ONNX TopK documents, through stable sorts.
-The same plain-torch function is the op's decomposition for paths that cannot keep a custom op (Core ML).
+Ties break toward the lower index everywhere, as ONNX TopK documents (here through keys that order like a
+stable sort, see :func:`stable_order_keys`).
+Paths that cannot keep a custom op (Core ML) use :func:`select_topk_form`, the same selection in their ops.
 """
 
 from __future__ import annotations
@@ -36,11 +37,6 @@ def received_attention(probs: torch.Tensor, prefix_tokens: int = 1) -> torch.Ten
     return received[:, prefix_tokens:] if prefix_tokens else received  # a no-op slice traces to an alias node
 
 
-def stable_topk_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices of the ``k`` largest entries along the last axis; equal values keep the lower index first."""
-    return torch.sort(scores, dim=-1, descending=True, stable=True).indices[..., :k]
-
-
 def buffer_candidates(anchor_idx: torch.Tensor, num_tokens: int, grid_width: int, grid: bool) -> torch.Tensor:
     """Anchors and their four neighbours, (B, 5a) int64; ``-1`` marks a neighbour that does not exist.
 
@@ -61,15 +57,34 @@ def buffer_candidates(anchor_idx: torch.Tensor, num_tokens: int, grid_width: int
 def select_static(
     s_obj: torch.Tensor, s_deep: torch.Tensor, keep: int, anchors: int, grid_width: int, grid_neighbors: bool
 ) -> torch.Tensor:
-    """The static-budget selection in plain torch ops: (B, N) scores → (B, K) int64 ascending indices."""
+    """The static-budget selection in plain torch ops: (B, N) scores → (B, K) int64 ascending indices.
+
+    No full sort, for the GPU: each top-k is one ``topk`` (a radix *select*) over keys that order like a stable
+    descending sort (:func:`stable_order_keys`), and only the K kept indices are sorted at the end. Index for
+    index equal to sorting stably (tests hold it to the oracle).
+    """
     num_tokens = s_deep.shape[-1]
     prio = s_deep
     if anchors > 0:
-        cand = buffer_candidates(stable_topk_indices(s_obj, anchors), num_tokens, grid_width, grid_neighbors)
+        anchor_idx = stable_order_keys(s_obj).topk(anchors, dim=-1, sorted=False).indices
+        cand = buffer_candidates(anchor_idx, num_tokens, grid_width, grid_neighbors)
         positions = torch.arange(num_tokens, device=s_deep.device)
-        in_buffer = (cand.unsqueeze(-1) == positions).any(dim=1)
-        prio = torch.where(in_buffer, torch.full_like(s_deep, float("inf")), s_deep)
-    return stable_topk_indices(prio, keep).sort(dim=-1).values
+        prio = s_deep.masked_fill((cand.unsqueeze(-1) == positions).any(dim=1), float("inf"))
+    kept = stable_order_keys(prio).topk(keep, dim=-1, sorted=False).indices
+    return kept.sort(dim=-1).values
+
+
+def stable_order_keys(scores: torch.Tensor) -> torch.Tensor:
+    """int64 keys, unique per row, whose descending order is a stable descending sort of ``scores``.
+
+    The high 32 bits are the float32 score's bits made order-preserving as a signed integer (negative floats
+    have their magnitude bits flipped; -0.0 is first made +0.0, which compares equal); the low 32 bits rank
+    the position so that among equal scores the lower index is larger.
+    """
+    bits = (scores.float() + 0.0).view(torch.int32)
+    ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)
+    n = scores.shape[-1]
+    return ordered.to(torch.int64) * (1 << 32) + torch.arange(n - 1, -1, -1, device=scores.device)
 
 
 @torch.library.custom_op(f"{OP_NAMESPACE}::{OP_NAME}", mutates_args=())

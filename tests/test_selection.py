@@ -98,3 +98,16 @@ def test_topk_form_matches_paper_loop(neighbors):
         s_obj, s_deep = _scores(gen, 2, n, "softmax"), _scores(gen, 2, n, "sums")
         got = select_topk_form(s_obj, s_deep, keep, anchor_count(keep, alpha), width, neighbors == "grid")
         assert torch.equal(got, paper_select(s_obj, s_deep, keep, alpha, width, neighbors)), (n, width, keep, alpha)
+
+
+def test_order_keys_rank_like_a_stable_sort_on_awkward_floats():
+    """Signed zeros (equal), negatives, infinities and subnormals: the keys' top-k is torch's stable sort."""
+    from hiprune.selection import stable_order_keys
+
+    values = torch.tensor([-0.0, 0.0, -1.5, 3.0, float("inf"), -float("inf"), 1e-40, -1e-40, 7e30, -7e30])
+    gen = torch.Generator().manual_seed(5)
+    scores = values[torch.randint(0, len(values), (3, 40), generator=gen)]
+    want = torch.sort(scores, dim=-1, descending=True, stable=True).indices
+    keys = stable_order_keys(scores)
+    for k in (1, 7, 23, 40):
+        assert torch.equal(keys.topk(k, dim=-1).indices, want[:, :k]), k

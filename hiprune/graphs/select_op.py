@@ -2,7 +2,8 @@
 
 The body is made of standard ONNX ops only, so any ONNX runtime runs the node as is; a runtime with a native
 kernel for ``hiprune::Select`` may replace it, and :class:`~hiprune.graphs.passes.InlineFunctionsPass` turns it
-into plain ops (the TensorRT-bound form). The body mirrors :func:`hiprune.selection.select_static` op for op.
+into plain ops (the TensorRT-bound form). The body computes :func:`hiprune.selection.select_static`'s selection
+(both are held to the same paper-loop oracle, index for index).
 
 Attributes:
     keep: K, the number of kept tokens per image.

@@ -226,6 +226,20 @@ def test_scripts_carry_the_profile_flags(tmp_path, device):
     assert re.search(r"polygraphy run model.onnx --trt --onnxrt --strongly-typed", compare)
     assert f"workspace:{profile.workspace_mib}M" in compare and "image_embeds:0.05" in compare
     assert (tmp_path / "build_engine.sh").stat().st_mode & 0o111
+    assert "--data-loader-script check_input.py:load_data" in compare and "image_embeds:0.0 " in compare
+
+
+def test_compare_script_feeds_the_python_checks_input(tmp_path, monkeypatch):
+    """compare.sh's data loader draws exactly the input `build-engine` and the export check the engine on."""
+    import runpy
+
+    from hiprune.runtime.tensorrt_build import check_input
+
+    write_scripts(tmp_path, EngineSettings.for_profile("gpu", "fp16"))
+    (tmp_path / "manifest.json").write_text(json.dumps({"inputs": {"pixel_values": {"shape": [3, 3, 8, 8]}}}))
+    monkeypatch.chdir(tmp_path)
+    (feed,) = list(runpy.run_path("check_input.py")["load_data"]())
+    np.testing.assert_array_equal(feed["pixel_values"], check_input((3, 3, 8, 8)))
 
 
 def test_bundle_manifest_records_profile(tiny_checkpoint, tmp_path):
@@ -240,6 +254,7 @@ def test_bundle_manifest_records_profile(tiny_checkpoint, tmp_path):
     assert details["engine_built"] is False and "--stronglyTyped" in details["trtexec"]
     assert sorted(p.name for p in result.output.iterdir()) == [
         "build_engine.sh",
+        "check_input.py",
         "compare.sh",
         "manifest.json",
         "model.onnx",
