@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from hiprune import __version__
 from hiprune.artifacts import check_output_dir, staged_output, write_manifest
-from hiprune.config import HiPruneConfig
+from hiprune.config import EncoderOptions, HiPruneConfig
 from hiprune.contract import IOContract
 from hiprune.errors import ConfigError, ExportError
 from hiprune.progress import Steps
@@ -30,6 +30,7 @@ class ExportRequest:
     output: Path | None = None
     force: bool = False
     allow_pickle: bool = False
+    encoder: EncoderOptions = dataclasses.field(default_factory=EncoderOptions)  # crops: --resolution, --layout
     options: dict[str, str] = dataclasses.field(default_factory=dict)  # target-specific: precision, device, ...
 
     def output_dir(self) -> Path:
@@ -98,7 +99,7 @@ def export(request: ExportRequest, steps: Steps | None = None) -> ExportResult:
             "(CLIP ViT-L/14-336, 4096-d) with RANDOM weights.[/]"
         )
     with steps.step("Loading the vision tower and projector"):
-        loaded = load_encoder(request.model, request.hiprune, request.allow_pickle)
+        loaded = load_encoder(request.model, request.hiprune, request.allow_pickle, request.encoder)
     job = BuildJob(
         encoder=loaded.encoder,
         io=loaded.contract(request.batch),
@@ -118,13 +119,25 @@ def export(request: ExportRequest, steps: Steps | None = None) -> ExportResult:
 def _metadata(request: ExportRequest, loaded: LoadedEncoder) -> dict[str, str]:
     spec, plan = loaded.adapter.spec, loaded.encoder.plan
     return {
-        **plan.hiprune.as_metadata(),
+        **plan.as_metadata(),
         "hiprune.deep_layer": str(plan.deep_layer),
         "hiprune.grid": f"{spec.grid[0]}x{spec.grid[1]}",
         "hiprune.encoder": spec.family,
         "hiprune.source": loaded.source["source"],
         "hiprune.batch": str(request.batch),
         "hiprune.producer": f"hiprune-export {__version__}",
+    }
+
+
+def _crops(spec: Any) -> dict[str, Any]:
+    if spec.crops is None:
+        return {}
+    height, width = spec.crops.resolution
+    return {
+        "resolution": f"{height}x{width}",
+        "tiles": list(spec.crops.tiles),
+        "views": spec.views,
+        "layout": spec.crops.layout,
     }
 
 
@@ -138,7 +151,8 @@ def _manifest_body(
         "source": loaded.source,
         "hiprune": {
             **dataclasses.asdict(plan.hiprune),
-            "anchors": plan.hiprune.anchors,
+            "anchors": plan.view_anchors,
+            "keep_per_view": plan.view_keep,
             "deep_layer": plan.deep_layer,
         },
         "encoder": {
@@ -147,6 +161,7 @@ def _manifest_body(
             "grid": list(spec.grid),
             "num_tokens": io.num_tokens,
             "kept": io.kept,
+            **_crops(spec),
         },
         **io.as_manifest(),
         "target_options": target_settings,

@@ -78,6 +78,18 @@ def _run(action: Callable[[], Any], verbose: bool) -> Any:
     show_default=True,
     help="paper: flat-index neighbours as the reference code; grid: true 2-D neighbours.",
 )
+@click.option(
+    "--resolution",
+    metavar="HxW",
+    default=None,
+    help="LLaVA-NeXT: the grid pinpoint the artifact takes (its crops). Default: the square pinpoint with most tiles.",
+)
+@click.option(
+    "--layout",
+    metavar="LAYOUT",
+    default=None,
+    help="LLaVA-NeXT: order of the kept crop tokens; paper (default: base, then the stitched tile grid).",
+)
 @click.option("--no-prune", is_flag=True, help="Same truncated encoder + projector keeping all tokens (baseline).")
 @click.option("--batch", type=int, default=1, show_default=True, help="Static batch size of the artifact.")
 @click.option(
@@ -102,6 +114,8 @@ def main(
     alpha: float,
     object_layer: int | None,
     neighbors: str,
+    resolution: str | None,
+    layout: str | None,
     no_prune: bool,
     batch: int,
     output: Path | None,
@@ -124,7 +138,7 @@ def main(
 
     def action() -> ExportResult:
         from hiprune.api import ExportRequest, export
-        from hiprune.config import HiPruneConfig
+        from hiprune.config import EncoderOptions, HiPruneConfig
         from hiprune.progress import Steps
 
         request = ExportRequest(
@@ -141,6 +155,7 @@ def main(
             output=output,
             force=force,
             allow_pickle=allow_pickle,
+            encoder=EncoderOptions(resolution=resolution, layout=layout),
             options={k: v for k, v in target_settings.items() if v is not None},
         )
         return export(request, Steps(Console(stderr=True)))

@@ -17,6 +17,22 @@ def anchor_count(keep: int, alpha: float) -> int:
     return round(keep * alpha / 5)
 
 
+LAYOUTS: tuple[str, ...] = ("paper",)  # crop layouts implemented; "stock" (unpad + image_newline) is refused
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderOptions:
+    """Encoder geometry chosen at export time (LLaVA-NeXT crops); ``None`` means the checkpoint's default.
+
+    Attributes:
+        resolution: ``"HxW"``, one of the checkpoint's grid pinpoints (the crops the artifact takes).
+        layout: the order of the kept crop tokens; ``paper`` is the reference's ``spatial`` merge.
+    """
+
+    resolution: str | None = None
+    layout: str | None = None
+
+
 @dataclasses.dataclass(frozen=True)
 class HiPruneConfig:
     """What the selection keeps.
@@ -40,7 +56,7 @@ class HiPruneConfig:
         return anchor_count(self.keep, self.alpha)
 
     def validate_static(self) -> None:
-        """Checks that need no model: alpha's range, the neighbour mode, the anchor set fitting in K."""
+        """Checks that need no model: alpha's range, the neighbour mode, a positive budget."""
         if self.neighbors not in NEIGHBOR_MODES:
             raise ConfigError(f"--neighbors {self.neighbors!r} is not known; use one of: {', '.join(NEIGHBOR_MODES)}")
         if not self.prune:
@@ -49,6 +65,27 @@ class HiPruneConfig:
             raise ConfigError(f"--alpha {self.alpha} is outside [0, 1]; pass a share of the budget such as 0.1")
         if self.keep < 1:
             raise ConfigError(f"--keep {self.keep} must be at least 1; pass the number of visual tokens to keep")
+
+    def validate_for(self, num_tokens: int, views: int = 1) -> None:
+        """All checks, against an encoder with ``num_tokens`` patch tokens (N) in each of ``views`` crops.
+
+        With crops (LLaVA-NeXT) the budget is split as the reference does: k = ⌊K / views⌋ per crop, each with
+        its own a = round(k * alpha / 5) anchors.
+        """
+        self.validate_static()
+        if not self.prune:
+            return
+        total = num_tokens * views
+        if self.keep > total:
+            where = f"N = {num_tokens} patch tokens" if views == 1 else f"{views} crops x {num_tokens} = {total} tokens"
+            raise ConfigError(
+                f"--keep {self.keep} is more than the encoder's {where} "
+                f"(alpha {self.alpha}, anchors a = {self.anchors}); pass --keep between 1 and {total}, "
+                "or --no-prune to keep them all"
+            )
+        if views > 1:
+            self._validate_per_crop(views)
+            return
         a = self.anchors
         if 5 * a > self.keep:
             raise ConfigError(
@@ -56,14 +93,19 @@ class HiPruneConfig:
                 f"and their buffers need up to 5a = {5 * a} tokens; raise --keep to at least {5 * a} or lower --alpha"
             )
 
-    def validate_for(self, num_tokens: int) -> None:
-        """All checks, against an encoder with ``num_tokens`` patch tokens (N)."""
-        self.validate_static()
-        if self.prune and self.keep > num_tokens:
+    def _validate_per_crop(self, views: int) -> None:
+        k = self.keep // views
+        if k < 1:
             raise ConfigError(
-                f"--keep {self.keep} is more than the encoder's N = {num_tokens} patch tokens "
-                f"(alpha {self.alpha}, anchors a = {self.anchors}); pass --keep between 1 and {num_tokens}, "
-                "or --no-prune to keep them all"
+                f"--keep {self.keep} leaves k = floor(K/{views}) = 0 tokens for each of the {views} crops; "
+                f"pass --keep at least {views}"
+            )
+        a = anchor_count(k, self.alpha)
+        if 5 * a > k:
+            raise ConfigError(
+                f"--keep {self.keep} over {views} crops keeps k = {k} per crop, too small for alpha {self.alpha}: "
+                f"anchors a = round(k*alpha/5) = {a} and their buffers need up to 5a = {5 * a} tokens per crop; "
+                f"raise --keep to at least {views * 5 * a} or lower --alpha"
             )
 
     def as_metadata(self) -> dict[str, str]:

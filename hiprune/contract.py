@@ -39,16 +39,17 @@ class IOContract:
 
     Attributes:
         batch: images per call (the static batch).
-        image_size: (H, W) of ``pixel_values``.
+        image_shape: one image's ``pixel_values`` without the batch axis: (3, H, W), or (views, 3, H, W) for
+            families that take several crops per image (LLaVA-NeXT).
         kept: K, tokens per image in ``image_embeds`` and ``indices`` (N with ``--no-prune``).
-        num_tokens: N, patch tokens the encoder produces before selection.
+        num_tokens: N, patch tokens the encoder produces for one image (over all its views) before selection.
         embed_dim: D, width of ``image_embeds`` (the language model's embedding size).
         embeds_dtype: ``image_embeds``'s dtype in this artifact (float32 unless the target says otherwise).
         indices_dtype: ``indices``'s dtype in this artifact (int64 unless the target says otherwise).
     """
 
     batch: int
-    image_size: tuple[int, int]
+    image_shape: tuple[int, ...]
     kept: int
     num_tokens: int
     embed_dim: int
@@ -57,7 +58,7 @@ class IOContract:
 
     @property
     def inputs(self) -> tuple[TensorInfo, ...]:
-        return (TensorInfo(PIXEL_VALUES, (self.batch, 3, *self.image_size), "float32"),)
+        return (TensorInfo(PIXEL_VALUES, (self.batch, *self.image_shape), "float32"),)
 
     @property
     def outputs(self) -> tuple[TensorInfo, ...]:
@@ -105,7 +106,7 @@ class IOContract:
         embeds, indices = manifest["outputs"][IMAGE_EMBEDS], manifest["outputs"][INDICES]
         return cls(
             batch=pixel["shape"][0],
-            image_size=(pixel["shape"][2], pixel["shape"][3]),
+            image_shape=tuple(pixel["shape"][1:]),
             kept=indices["shape"][1],
             num_tokens=manifest["encoder"]["num_tokens"],
             embed_dim=embeds["shape"][2],

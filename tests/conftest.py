@@ -55,12 +55,32 @@ def _tiny_text():
     )
 
 
-def make_tiny_llava(directory: Path, seed: int = 0, **config_kwargs) -> Path:
-    """Saves a random tiny LLaVA (vision tower, projector and a 1-layer language model) with save_pretrained."""
-    from transformers import LlavaForConditionalGeneration
+NEXT_PINPOINTS = [[32, 64], [64, 32], [64, 64], [32, 96]]  # 32x32 tiles: 1x2, 2x1, 2x2 (default), 1x3
+
+
+def tiny_next_config(layers: int = 4, feature_layer: int = -2):
+    """A tiny LLaVA-NeXT config: CLIP tower of 32x32 views (4x4 patches), four grid pinpoints."""
+    from transformers import CLIPVisionConfig, LlavaNextConfig
+
+    return LlavaNextConfig(
+        vision_config=CLIPVisionConfig(**_tiny_vision(32, 8, layers)),
+        text_config=_tiny_text(),
+        vision_feature_layer=feature_layer,
+        vision_feature_select_strategy="default",
+        image_grid_pinpoints=NEXT_PINPOINTS,
+    )
+
+
+def make_tiny_llava(directory: Path, seed: int = 0, tower: str = "clip", **config_kwargs) -> Path:
+    """Saves a random tiny LLaVA (vision tower, projector and a 1-layer language model) with save_pretrained;
+    ``tower="next"`` saves a LLaVA-NeXT."""
+    from transformers import LlavaForConditionalGeneration, LlavaNextForConditionalGeneration
 
     torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(tiny_llava_config(**config_kwargs)).eval()
+    if tower == "next":
+        model = LlavaNextForConditionalGeneration(tiny_next_config(**config_kwargs)).eval()
+    else:
+        model = LlavaForConditionalGeneration(tiny_llava_config(tower=tower, **config_kwargs)).eval()
     _sharpen_attention(model, seed)
     model.save_pretrained(directory)
     return directory
@@ -96,12 +116,14 @@ def tiny_checkpoint(tmp_path_factory):
 
 @functools.cache
 def _reference_model(path: str):
-    from transformers import LlavaForConditionalGeneration
+    from transformers import AutoConfig, LlavaForConditionalGeneration, LlavaNextForConditionalGeneration
 
-    return LlavaForConditionalGeneration.from_pretrained(path, attn_implementation="eager").eval()
+    is_next = AutoConfig.from_pretrained(path).model_type == "llava_next"
+    model_class = LlavaNextForConditionalGeneration if is_next else LlavaForConditionalGeneration
+    return model_class.from_pretrained(path, attn_implementation="eager").eval()
 
 
 @pytest.fixture(scope="session")
 def reference_model():
-    """transformers' own LLaVA (eager attention) for a checkpoint path: what the oracle's scores come from."""
+    """transformers' own LLaVA / LLaVA-NeXT (eager attention) for a checkpoint path: the oracle's scores."""
     return lambda path: _reference_model(str(path))

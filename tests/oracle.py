@@ -80,3 +80,40 @@ def reference_embeds(model, pixel_values, indices, feature_layer: int, hidden_st
     """projector(features)[keep], as LLaVA computes image features before pruning."""
     projected = reference_features(model, feature_layer, hidden_states)
     return projected.gather(1, indices.unsqueeze(-1).expand(-1, -1, projected.shape[-1]))
+
+
+def paper_next(model, pixel_values, keep: int, alpha: float, object_layer: int, deep_layer: int, tiles, prune=True):
+    """LLaVA-NeXT as the reference code does it: every crop through the tower, ``int(K / n_crops)`` kept per crop
+    by the per-image loop, then the ``spatial`` merge — base tokens (raster), then the tiles' features
+    (rows, cols, h, w) permuted to (rows, h, cols, w) and read row-major where the permuted keep mask is set.
+
+    Returns (B, n*k) indices into [base grid | stitched tile grid] and the (B, n*k, D) embeddings.
+    """
+    batch, views = pixel_values.shape[:2]
+    flat = pixel_values.reshape(batch * views, *pixel_values.shape[2:])
+    s_obj, s_deep, hidden = reference_scores(model, flat, object_layer, deep_layer)
+    features = reference_features(model, model.config.vision_feature_layer, hidden)
+    vision = model.config.vision_config
+    side = vision.image_size // vision.patch_size
+    n = side * side
+    k = int(keep / views) if prune else n
+    rows, cols = tiles
+    all_indices, all_embeds = [], []
+    for b in range(batch):
+        kept = [
+            set(paper_select_one(s_obj[b * views + v].tolist(), s_deep[b * views + v].tolist(), k, alpha, side))
+            for v in range(views)
+        ]
+        indices = sorted(kept[0])
+        embeds = [features[b * views][i] for i in indices]
+        for y in range(rows * side):
+            ti, r = divmod(y, side)
+            for x in range(cols * side):
+                tj, c = divmod(x, side)
+                view = 1 + ti * cols + tj
+                if r * side + c in kept[view]:
+                    indices.append(n + y * cols * side + x)
+                    embeds.append(features[b * views + view][r * side + c])
+        all_indices.append(indices)
+        all_embeds.append(torch.stack(embeds))
+    return torch.tensor(all_indices, dtype=torch.int64), torch.stack(all_embeds)

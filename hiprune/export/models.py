@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from hiprune.config import HiPruneConfig
+from hiprune.config import EncoderOptions, HiPruneConfig
 from hiprune.contract import IOContract
 from hiprune.export.adapters import EncoderAdapter, adapter_for
 from hiprune.export.encoder import PrunedEncoder, build_encoder, plan_selection
@@ -26,7 +26,7 @@ class LoadedEncoder:
     def contract(self, batch: int) -> IOContract:
         """The I/O contract of an artifact of this encoder with a static ``batch``."""
         spec = self.adapter.spec
-        return IOContract(batch, spec.image_size, self.encoder.plan.kept, spec.num_tokens, spec.embed_dim)
+        return IOContract(batch, spec.input_shape, self.encoder.plan.kept, spec.total_tokens, spec.embed_dim)
 
 
 def default_llava15_config() -> Any:
@@ -54,18 +54,20 @@ def default_llava15_config() -> Any:
     )
 
 
-def load_encoder(model: str | None, hiprune: HiPruneConfig, allow_pickle: bool = False) -> LoadedEncoder:
+def load_encoder(
+    model: str | None, hiprune: HiPruneConfig, allow_pickle: bool = False, options: EncoderOptions | None = None
+) -> LoadedEncoder:
     """Builds the pruned encoder for ``model`` (a directory or cached hub id), or the default when ``None``.
 
     Only the vision tower's layers up to the feature layer and the projector are read from the checkpoint.
     """
     hiprune.validate_static()
     if model is None:
-        adapter = adapter_for(default_llava15_config(), "default")
+        adapter = adapter_for(default_llava15_config(), "default", options)
         encoder = build_encoder(adapter, hiprune, tensors=None, seed=DEFAULT_SEED)
         return LoadedEncoder(encoder, adapter, {"source": DEFAULT_MODEL_NAME, "seed": str(DEFAULT_SEED)})
     checkpoint = resolve_checkpoint(model)
-    adapter = adapter_for(checkpoint.config, model)
+    adapter = adapter_for(checkpoint.config, model, options)
 
     plan_selection(hiprune, adapter.spec)  # fail on bad settings before reading gigabytes
     tensors = read_tensors(weight_files(checkpoint.path, allow_pickle), adapter.module_name)

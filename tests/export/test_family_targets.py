@@ -10,6 +10,7 @@ from hiprune.config import HiPruneConfig
 
 FAMILIES = {
     "llava-siglip": dict(tower="siglip", image_size=36, feature_layer=-1),
+    "llava-next": dict(tower="next"),  # default pinpoint 64x64: 5 crops, k = 2 each
 }
 TARGET_OPTIONS = {
     "onnx": {},
@@ -22,7 +23,7 @@ TARGET_OPTIONS = {
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_family_exports_to_target(tiny_checkpoint, tmp_path, family, target):
     path = tiny_checkpoint(**FAMILIES[family])
-    config = HiPruneConfig(keep=6, alpha=0.5)
+    config = HiPruneConfig(keep=10, alpha=0.5)
     request = ExportRequest(
         hiprune=config,
         target=target,
@@ -35,5 +36,5 @@ def test_family_exports_to_target(tiny_checkpoint, tmp_path, family, target):
     manifest = result.manifest
     assert manifest["encoder"]["family"] == family
     assert result.comparison is not None and result.comparison.indices_equal, result.comparison.describe()
-    assert manifest["outputs"]["indices"]["shape"] == [2, 6]
-    assert manifest["outputs"]["image_embeds"]["shape"] == [2, 6, 48]
+    assert manifest["outputs"]["indices"]["shape"] == [2, 10]
+    assert manifest["outputs"]["image_embeds"]["shape"] == [2, 10, 48]

@@ -17,7 +17,28 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from hiprune.config import EncoderOptions
+from hiprune.errors import ConfigError
 from hiprune.selection import received_attention
+
+
+@dataclasses.dataclass(frozen=True)
+class CropGrid:
+    """LLaVA-NeXT's anyres crops for one grid pinpoint: the base view, then ``rows x cols`` tiles row-major.
+
+    Attributes:
+        resolution: (H, W) of the pinpoint.
+        tiles: (rows, cols) of tiles, each one view of the tower's image size.
+        layout: order of the kept tokens (``paper``: base raster, then the stitched tile grid row-major).
+    """
+
+    resolution: tuple[int, int]
+    tiles: tuple[int, int]
+    layout: str
+
+    @property
+    def views(self) -> int:
+        return 1 + self.tiles[0] * self.tiles[1]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,13 +47,14 @@ class EncoderSpec:
 
     Attributes:
         family: adapter name.
-        image_size: (H, W) of ``pixel_values``.
+        image_size: (H, W) of one view through the tower.
         num_layers: layers in the checkpoint's tower.
         deep_layer: 1-based layer whose output is the feature layer; its attention gives the register score.
         default_object_layer: 1-based layer whose attention picks anchors when none is given.
         grid: (rows, cols) of the patch grid; N = rows * cols.
         feature_dim: width of the features fed to the projector.
         embed_dim: width of the projector's output (the LLM's embedding size).
+        crops: the crop grid when an image is several views (LLaVA-NeXT), ``None`` for one view.
     """
 
     family: str
@@ -43,10 +65,27 @@ class EncoderSpec:
     grid: tuple[int, int]
     feature_dim: int
     embed_dim: int
+    crops: CropGrid | None = None
 
     @property
     def num_tokens(self) -> int:
+        """Patch tokens N of one view."""
         return self.grid[0] * self.grid[1]
+
+    @property
+    def views(self) -> int:
+        return 1 if self.crops is None else self.crops.views
+
+    @property
+    def total_tokens(self) -> int:
+        """Patch tokens of one image over all its views."""
+        return self.views * self.num_tokens
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one image's ``pixel_values`` (no batch axis): (3, H, W), or (views, 3, H, W) with crops."""
+        view = (3, *self.image_size)
+        return view if self.crops is None else (self.views, *view)
 
 
 class VisionTrunk(nn.Module, abc.ABC):
@@ -77,9 +116,20 @@ class EncoderAdapter(abc.ABC):
     prefix_tokens: ClassVar[int]
     gather_before_projector: ClassVar[bool] = True
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: Any, options: EncoderOptions | None = None) -> None:
         self.config = config
+        self.options = options or EncoderOptions()
+        self.check_options()
         self.spec = self.read_spec()
+
+    def check_options(self) -> None:
+        """Refuses encoder options the family has no use for (families with crops override this)."""
+        for flag, value in (("--resolution", self.options.resolution), ("--layout", self.options.layout)):
+            if value is not None:
+                raise ConfigError(
+                    f"{flag} {value} applies to LLaVA-NeXT checkpoints only; this checkpoint is {self.description}, "
+                    f"which takes one image per view: drop {flag}"
+                )
 
     @classmethod
     @abc.abstractmethod
@@ -107,6 +157,15 @@ class EncoderAdapter(abc.ABC):
     def patch_features(self, hidden: torch.Tensor) -> torch.Tensor:
         """(B, T, C) hidden states of the feature layer → (B, N, C) features of the selectable tokens."""
         return hidden[:, self.prefix_tokens :] if self.prefix_tokens else hidden
+
+    def fold(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The graph input → (B', 3, H, W) views for the tower (families with crops fold them into the batch)."""
+        return pixel_values
+
+    def unfold(self, embeds: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-view (B', k, D) embeddings and (B', k) indices → the graph's per-image outputs, in the family's
+        layout."""
+        return embeds, indices
 
     def project_kept(self, projector: nn.Module, features: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         """Embeddings of the kept tokens: (B, N, C) features and (B, K) indices → (B, K, D)."""

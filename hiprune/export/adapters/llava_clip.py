@@ -121,13 +121,17 @@ class LlavaClipAdapter(EncoderAdapter):
         vision = self.config.vision_config
         return ClipTrunk(vision, self.spec.deep_layer, score_layers, self.scores, self.patch_features)
 
+    def make_projector(self) -> nn.Module:
+        """The family's projector module (built on the meta device by :meth:`build`)."""
+        return LlavaMultiModalProjector(self.config)
+
     def build(
         self, tensors: Mapping[str, torch.Tensor] | None, score_layers: tuple[int, ...], seed: int = 0
     ) -> tuple[VisionTrunk, nn.Module]:
         with torch.device("meta"):
             holder = nn.Module()
             holder.trunk = trunk = self.make_trunk(score_layers)
-            holder.projector = projector = LlavaMultiModalProjector(self.config)
+            holder.projector = projector = self.make_projector()
         if tensors is None:
             random_init_(holder, seed)
         else:
