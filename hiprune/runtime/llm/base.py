@@ -1,0 +1,117 @@
+"""The language-model runtime interface the chain drives: embed, prefill from ``inputs_embeds``, greedy decode.
+
+Every runtime is built from the same :class:`LanguageModel` (a float32 causal LM in torch plus a key identifying
+its weights), so a runtime that exports or compiles it (ONNX Runtime) can cache the result by that key.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import importlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from hiprune.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+STAGES = ("preprocess", "encoder", "splice", "prefill", "ttft", "decode_per_token")
+
+RUNTIMES: dict[str, str] = {
+    "transformers": "hiprune.runtime.llm.hf:HfLLM",
+    "onnxruntime": "hiprune.runtime.llm.ort:OrtLLM",
+}
+
+
+@dataclasses.dataclass
+class Timings:
+    """Milliseconds per chain stage; ``ttft`` covers preprocess through the first token, ``None`` = not measured."""
+
+    preprocess: float | None = None
+    encoder: float | None = None
+    splice: float | None = None
+    prefill: float | None = None
+    ttft: float | None = None
+    decode_per_token: float | None = None
+
+    def as_dict(self) -> dict[str, float | None]:
+        return {stage: getattr(self, stage) for stage in STAGES}
+
+
+@dataclasses.dataclass(frozen=True)
+class LanguageModel:
+    """What every runtime is built from.
+
+    Attributes:
+        model: a transformers causal LM (``get_input_embeddings()``, ``lm_head``), float32, CPU, eval mode.
+        key: identifies the weights (checkpoint hash, or the default's seed/shape), for caches of exports.
+        cache_dir: where a runtime may cache what it derives from ``model`` (beside the encoder artifact).
+        eos_token_id: greedy decoding stops after emitting it (``None``: never stops early).
+    """
+
+    model: Any
+    key: str
+    cache_dir: Path
+    eos_token_id: int | None
+
+
+@dataclasses.dataclass
+class Prefill:
+    """The result of a prefill: the greedy first token, its float32 logits and the runtime's own KV state."""
+
+    first_token: int
+    logits: torch.Tensor  # (vocab,) float32, last position
+    state: Any  # runtime-specific (KV cache, position), opaque to the chain
+    length: int  # tokens in the cache after the prefill
+
+
+class LLMRuntime(abc.ABC):
+    """One language-model backend. ``device`` is ``"cpu"`` or ``"cuda"``; ``dtype`` ``None`` = the device default."""
+
+    name: ClassVar[str]
+
+    def __init__(self, lm: LanguageModel, device: str = "cpu", dtype: str | None = None) -> None:
+        self.lm = lm
+        self.device = device
+        self.dtype = dtype
+        config = lm.model.config
+        self.embed_dim: int = int(config.hidden_size)
+        self.vocab_size: int = int(config.vocab_size)
+        self.eos_token_id: int | None = lm.eos_token_id
+
+    @abc.abstractmethod
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(1, T) int64 token ids → (1, T, D) text embeddings on this runtime's device, ready to splice."""
+
+    @abc.abstractmethod
+    def prefill(self, inputs_embeds: torch.Tensor) -> Prefill:
+        """Runs (1, T, D) embeddings at positions 0..T-1; returns the greedy first token and the KV state."""
+
+    @abc.abstractmethod
+    def decode(self, prefill: Prefill, max_new_tokens: int) -> list[int]:
+        """Greedy ids starting with ``prefill.first_token``, at most ``max_new_tokens``, ending at EOS (kept)."""
+
+    def synchronize(self) -> None:
+        """Waits for queued device work, so wall-clock stage timings are honest (no-op on CPU)."""
+        if self.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.synchronize()
+
+    def warmup(self, seq_len: int, max_new_tokens: int) -> None:
+        """Runs one prefill of ``seq_len`` zeros and a short decode: compiles, captures graphs, sizes caches."""
+        import torch
+
+        embeds = torch.zeros(1, seq_len, self.embed_dim)
+        self.decode(self.prefill(embeds), max(1, min(max_new_tokens, 2)))
+        self.synchronize()
+
+
+def get_llm_runtime(name: str) -> type[LLMRuntime]:
+    """The runtime class registered as ``name`` (imported only now)."""
+    if name not in RUNTIMES:
+        raise ConfigError(f"--llm-runtime {name!r} is unknown; choose one of {', '.join(RUNTIMES)}")
+    module, _, attr = RUNTIMES[name].partition(":")
+    return getattr(importlib.import_module(module), attr)
