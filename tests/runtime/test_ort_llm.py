@@ -1,0 +1,71 @@
+"""The ``onnxruntime`` LLM runtime against transformers on a tiny causal LM: prefill logits, greedy ids, cache."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hiprune.runtime.llm import LanguageModel, get_llm_runtime
+from hiprune.runtime.llm.ort_export import cache_path
+
+
+@pytest.fixture(scope="module")
+def tiny_lm():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        hidden_size=48, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        vocab_size=128,
+    )  # fmt: skip
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(8.0)  # wide logit margins: greedy ids do not hinge on float rounding
+    return model
+
+
+@pytest.fixture(scope="module")
+def ort_llm(tiny_lm, tmp_path_factory):
+    lm = LanguageModel(tiny_lm, "tiny-llama-seed0", tmp_path_factory.mktemp("llm-cache"), eos_token_id=None)
+    return get_llm_runtime("onnxruntime")(lm)
+
+
+def _embeds(length: int, seed: int) -> torch.Tensor:
+    return torch.randn(1, length, 48, generator=torch.Generator().manual_seed(seed))
+
+
+def test_prefill_logits_and_greedy_ids_match_transformers(tiny_lm, ort_llm):
+    embeds = _embeds(11, seed=1)
+    with torch.no_grad():
+        reference_logits = tiny_lm(inputs_embeds=embeds).logits[0, -1]
+        attention = torch.ones(1, 11, dtype=torch.long)
+        reference_ids = tiny_lm.generate(
+            inputs_embeds=embeds, attention_mask=attention, max_new_tokens=12, do_sample=False, eos_token_id=None,
+            pad_token_id=0,
+        )[0].tolist()  # fmt: skip
+    prefill = ort_llm.prefill(embeds)
+    assert torch.allclose(prefill.logits, reference_logits, atol=1e-4), (prefill.logits - reference_logits).abs().max()
+    assert ort_llm.decode(prefill, 12) == reference_ids
+    assert len(reference_ids) == 12
+
+
+def test_embed_is_the_checkpoint_table_and_decode_stops_at_eos(tiny_lm, ort_llm):
+    ids = torch.tensor([[3, 17, 99]])
+    assert torch.equal(ort_llm.embed(ids), tiny_lm.get_input_embeddings()(ids).detach())
+    prefill = ort_llm.prefill(_embeds(6, seed=2))
+    free = ort_llm.decode(prefill, 8)
+    ort_llm.eos_token_id = free[3]
+    try:
+        stopped = ort_llm.decode(ort_llm.prefill(_embeds(6, seed=2)), 8)
+    finally:
+        ort_llm.eos_token_id = None
+    assert stopped == free[: free.index(free[3]) + 1]
+
+
+def test_export_is_cached_by_key(tiny_lm, ort_llm):
+    directory = cache_path(ort_llm.lm.cache_dir, ort_llm.lm.key, "float32")
+    stamp = (directory / "decoder.onnx").stat().st_mtime_ns
+    again = get_llm_runtime("onnxruntime")(ort_llm.lm)
+    assert again.spec.path == directory / "decoder.onnx"
+    assert (directory / "decoder.onnx").stat().st_mtime_ns == stamp
+    assert [p.name for p in ort_llm.lm.cache_dir.iterdir()] == [directory.name]
