@@ -45,7 +45,8 @@ class LanguageModel:
     """What every runtime is built from.
 
     Attributes:
-        model: a transformers causal LM (``get_input_embeddings()``, ``lm_head``), float32, CPU, eval mode.
+        model: a transformers causal LM (``get_input_embeddings()``, ``lm_head``), eval mode, placed where
+            :meth:`LLMRuntime.model_placement` asked (float32 on CPU unless a runtime asks otherwise).
         key: identifies the weights (checkpoint hash, or the default's seed/shape), for caches of exports.
         cache_dir: where a runtime may cache what it derives from ``model`` (beside the encoder artifact).
         eos_token_id: greedy decoding stops after emitting it (``None``: never stops early).
@@ -80,6 +81,15 @@ class LLMRuntime(abc.ABC):
         self.embed_dim: int = int(config.hidden_size)
         self.vocab_size: int = int(config.vocab_size)
         self.eos_token_id: int | None = lm.eos_token_id
+
+    @classmethod
+    def model_placement(cls, device: str) -> tuple[str, str]:
+        """Where and in which dtype the chain should load the torch model for this runtime on ``device``.
+
+        The default puts it on the device (float16 on CUDA, float32 on CPU); a runtime that exports the model
+        (ONNX Runtime) may ask for ``("cpu", "float32")`` instead.
+        """
+        return (device, "float16" if device == "cuda" else "float32")
 
     @abc.abstractmethod
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
