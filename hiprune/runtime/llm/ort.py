@@ -61,6 +61,11 @@ class OrtLLM(LLMRuntime):
         self._ort_device = "cuda" if device.startswith("cuda") else "cpu"
         self._device_id = int(device.partition(":")[2] or 0) if self._ort_device == "cuda" else 0
 
+    @classmethod
+    def model_placement(cls, device: str) -> tuple[str, str]:
+        """The export traces the float32 model on the CPU, whatever device the session runs on."""
+        return ("cpu", "float32")
+
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         import torch
 
