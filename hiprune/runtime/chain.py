@@ -1,0 +1,224 @@
+"""The chain: image → preprocessing → encoder artifact → K image tokens spliced into the prompt → prefill → greedy
+decode, each stage timed. ``hiprune-run`` is a thin layer over :class:`Chain`; ``hiprune-bench`` times its stages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hiprune.errors import CheckpointError, ConfigError
+from hiprune.runtime.encoders import checkpoint_of, load_artifact_manifest, open_runner, require_device
+from hiprune.runtime.llm.base import LLMRuntime, Timings, get_llm_runtime
+from hiprune.runtime.llm.loading import TextSide, checkpoint_digest, load_language_model
+from hiprune.runtime.preprocess import load_image_processor, preprocess
+
+FALLBACK_TEMPLATE = "USER: {image}\n{prompt} ASSISTANT:"  # LLaVA-1.5's conversation format
+
+
+@dataclasses.dataclass
+class ChainResult:
+    """One run: the greedy ids and their text, how many image tokens went in, and what each stage took."""
+
+    generated_ids: list[int]
+    text: str
+    kept_tokens: int
+    prompt_tokens: int
+    llm_runtime: str
+    device: str
+    timings: Timings
+    peak_memory_mb: dict[str, float | None]
+
+    def as_json(self) -> dict[str, Any]:
+        body = dataclasses.asdict(self)
+        body["timings_ms"] = body.pop("timings")
+        return body
+
+
+class Chain:
+    """An artifact, its preprocessing, and a language-model runtime, ready to run images (use with ``with``).
+
+    Args:
+        artifact_dir: a directory written by ``hiprune-export``.
+        llm_runtime: a name in :data:`hiprune.runtime.llm.RUNTIMES`.
+        device: ``cpu`` or ``cuda`` (the language model's device; ONNX artifacts use GPU providers when present).
+        llm: the checkpoint whose language model to use; default: the one the artifact was exported from.
+        llm_layers: keep only the first N decoder layers (quick CPU runs of large models).
+        encoder: ``auto`` (the artifact's own runtime) or ``torch`` (the same encoder rebuilt in PyTorch).
+        runtime_options: keyword arguments for the LLM runtime's constructor.
+    """
+
+    def __init__(
+        self,
+        artifact_dir: Path,
+        llm_runtime: str = "transformers",
+        device: str = "cpu",
+        llm: Path | None = None,
+        llm_layers: int | None = None,
+        encoder: str = "auto",
+        runtime_options: dict[str, Any] | None = None,
+    ) -> None:
+        require_device(device)
+        runtime_cls = get_llm_runtime(llm_runtime)
+        self.artifact_dir = Path(artifact_dir)
+        self.manifest = load_artifact_manifest(self.artifact_dir)
+        self.device = device
+        self.input_shape = tuple(self.manifest["inputs"]["pixel_values"]["shape"])
+        if self.input_shape[0] != 1:
+            raise ConfigError(f"artifact {artifact_dir} has batch {self.input_shape[0]}; export it with --batch 1")
+        self.kept = int(self.manifest["encoder"]["kept"])
+        checkpoint = self._checkpoint(llm)
+        self.processor = load_image_processor(self.artifact_dir, checkpoint_of(self.manifest))
+        placement, dtype = runtime_cls.model_placement(device)
+        lm, self.text = load_language_model(checkpoint, self.artifact_dir, llm_layers, placement, dtype)
+        self.runtime: LLMRuntime = runtime_cls(lm, device, **(runtime_options or {}))
+        self._check_width()
+        self.runner = open_runner(self.artifact_dir, device, encoder)
+        self.runner.__enter__()
+
+    def __enter__(self) -> Chain:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.runner.active:
+            self.runner.__exit__(None, None, None)
+
+    def _checkpoint(self, llm: Path | None) -> str | None:
+        """The language model's checkpoint; ``--llm`` must be the checkpoint the artifact was exported from."""
+        exported = checkpoint_of(self.manifest)
+        if llm is None:
+            return exported
+        llm = Path(llm)
+        if not (llm / "config.json").is_file():
+            raise CheckpointError(f"--llm {llm}: no config.json there; pass the checkpoint directory")
+        recorded = self.manifest.get("language_model", {}).get("checkpoint_digest")
+        same = (
+            recorded == checkpoint_digest(llm)
+            if recorded
+            else (exported is not None and Path(exported).resolve() == llm.resolve())
+        )
+        if not same:
+            source = self.manifest["source"]["source"]
+            raise CheckpointError(
+                f"--llm {llm} is not the checkpoint artifact {self.artifact_dir} was exported from ({source}); "
+                "pass that checkpoint, or re-export the artifact from this one"
+            )
+        return str(llm)
+
+    def _check_width(self) -> None:
+        width = self.manifest["outputs"]["image_embeds"]["shape"][-1]
+        if width != self.runtime.embed_dim:
+            raise CheckpointError(
+                f"artifact {self.artifact_dir} gives {width}-wide image tokens but the language model takes "
+                f"{self.runtime.embed_dim}; pass --llm with the checkpoint the artifact was exported from"
+            )
+
+    def preprocess(self, image: Any) -> np.ndarray:
+        """A path, PIL image or (H, W, 3) array → ``pixel_values`` (1, 3, H, W) float32."""
+        return preprocess(self.processor, image, self.input_shape)
+
+    def encode(self, pixel_values: np.ndarray) -> Any:
+        """``pixel_values`` → (1, K, D) image tokens as a torch tensor (on the device for the torch runner)."""
+        import torch
+
+        if hasattr(self.runner, "infer_torch"):
+            return self.runner.infer_torch(torch.from_numpy(pixel_values))[0]
+        return torch.from_numpy(np.asarray(self.runner.infer({"pixel_values": pixel_values})["image_embeds"]))
+
+    def prompt_ids(self, prompt: str) -> list[int]:
+        """The formatted prompt's token ids, with exactly one image token."""
+        return format_prompt_ids(self.text, prompt)
+
+    def splice(self, prompt: str, image_embeds: Any) -> Any:
+        """(1, T, D) embeddings: the prompt's text embeddings with its image token replaced by the K image tokens."""
+        import torch
+
+        ids = self.prompt_ids(prompt)
+        at = ids.index(self.text.image_token_id)
+        before = self.runtime.embed(torch.tensor([ids[:at]], dtype=torch.long))
+        after = self.runtime.embed(torch.tensor([ids[at + 1 :]], dtype=torch.long))
+        image = image_embeds.to(device=before.device, dtype=before.dtype)
+        return torch.cat([before, image, after], dim=1)
+
+    def run(self, image: Any, prompt: str, max_new_tokens: int = 16) -> ChainResult:
+        """The whole chain once, stage by stage, synchronizing the device between stages for honest timings."""
+        if max_new_tokens < 1:
+            raise ConfigError(f"--max-new-tokens {max_new_tokens} must be at least 1; pass how many tokens to generate")
+        sync = self.runtime.synchronize
+        marks = [time.perf_counter()]
+        pixel_values = self.preprocess(image)
+        marks.append(time.perf_counter())
+        image_embeds = self.encode(pixel_values)
+        sync()
+        marks.append(time.perf_counter())
+        embeds = self.splice(prompt, image_embeds)
+        sync()
+        marks.append(time.perf_counter())
+        prefill = self.runtime.prefill(embeds)
+        marks.append(time.perf_counter())
+        ids = self.runtime.decode(prefill, max_new_tokens)
+        sync()
+        marks.append(time.perf_counter())
+        ms = [1000 * (b - a) for a, b in zip(marks, marks[1:], strict=False)]
+        per_token = ms[4] / (len(ids) - 1) if len(ids) > 1 else None
+        timings = Timings(ms[0], ms[1], ms[2], ms[3], sum(ms[:4]), per_token)
+        text = self.text.tokenizer.decode(ids, skip_special_tokens=True)
+        return ChainResult(
+            ids,
+            text,
+            int(image_embeds.shape[1]),
+            int(embeds.shape[1]),
+            self.runtime.name,
+            self.device,
+            timings,
+            peak_memory_mb(self.device),
+        )
+
+
+def format_prompt_ids(text: TextSide, prompt: str) -> list[int]:
+    """The chat template's rendering when the checkpoint has one, else LLaVA-1.5's format; tokenized."""
+    tokenizer = text.tokenizer
+    image_token = tokenizer.convert_ids_to_tokens(text.image_token_id)
+    if image_token in prompt:
+        raise ConfigError(f"--prompt contains {image_token!r}; leave it out, the chain inserts the image itself")
+    if text.chat_template:
+        conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+        rendered = tokenizer.apply_chat_template(
+            conversation, chat_template=text.chat_template, tokenize=False, add_generation_prompt=True
+        )
+    else:
+        rendered = FALLBACK_TEMPLATE.format(image=image_token, prompt=prompt)
+    has_bos = tokenizer.bos_token is not None and rendered.startswith(tokenizer.bos_token)
+    ids = list(tokenizer(rendered, add_special_tokens=not has_bos)["input_ids"])
+    if ids.count(text.image_token_id) != 1:
+        raise ConfigError(
+            f"the formatted prompt holds {ids.count(text.image_token_id)} image tokens, not 1; "
+            "the checkpoint's chat template must place exactly one image"
+        )
+    return ids
+
+
+def peak_memory_mb(device: str) -> dict[str, float | None]:
+    """Peak resident memory of this process, and the peak CUDA allocation when running on CUDA."""
+    rss = None
+    try:
+        import resource
+
+        scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+    except ImportError:  # Windows
+        pass
+    cuda = None
+    if device == "cuda":
+        import torch
+
+        cuda = torch.cuda.max_memory_allocated() / 2**20
+    return {"host_rss": rss, "cuda_allocated": cuda}

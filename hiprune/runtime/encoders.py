@@ -1,0 +1,169 @@
+"""Encoder runners for the chain: one ``BaseRunner`` per artifact kind, chosen from the artifact's manifest.
+
+``open_runner(directory)`` reads ``manifest.json`` and returns the runner for its ``artifact``: ONNX Runtime for
+``model.onnx`` (CPU; the TensorRT and CUDA execution providers first when ``--device cuda`` and onnxruntime-gpu
+has them), Polygraphy's TensorRT runner for ``model.engine``, Core ML for ``model.mlpackage``. ``encoder="torch"``
+rebuilds the same :class:`~hiprune.export.encoder.PrunedEncoder` in PyTorch (eager; CUDA-graph replay on CUDA)
+for machines without a compiled artifact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from hiprune.artifacts import MANIFEST, read_manifest
+from hiprune.errors import BackendUnavailableError, CheckpointError, ConfigError
+from hiprune.runtime.runners import BaseRunner, OrtRunner, TensorSpec
+
+ENCODER_CHOICES = ("auto", "torch")
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
+
+def load_artifact_manifest(directory: Path) -> dict[str, Any]:
+    """The manifest of an artifact directory, or a one-line error saying what is missing."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointError(f"artifact {directory}: no such directory; pass a directory written by hiprune-export")
+    if not (directory / MANIFEST).is_file():
+        raise CheckpointError(
+            f"artifact {directory}: no {MANIFEST}; pass a directory written by hiprune-export (it holds one)"
+        )
+    try:
+        return read_manifest(directory)
+    except ValueError as exc:
+        raise CheckpointError(f"artifact {directory}: {MANIFEST} is not valid JSON ({exc}); re-export it") from None
+
+
+def open_runner(directory: Path, device: str = "cpu", encoder: str = "auto") -> BaseRunner:
+    """The runner for an artifact directory (not yet activated: use it with ``with``)."""
+    if encoder not in ENCODER_CHOICES:
+        raise ConfigError(f"--encoder {encoder!r} is unknown; choose one of {', '.join(ENCODER_CHOICES)}")
+    directory = Path(directory)
+    manifest = load_artifact_manifest(directory)
+    if encoder == "torch":
+        return TorchEncoderRunner(manifest, device)
+    artifact = directory / manifest["artifact"]
+    if not artifact.exists():
+        raise CheckpointError(f"artifact {directory}: {manifest['artifact']} is missing; re-export the directory")
+    if artifact.suffix == ".onnx":
+        return OrtRunner(artifact, providers=ort_providers(device, directory))
+    if artifact.suffix == ".engine":
+        from hiprune.runtime.tensorrt_runner import TrtEngineRunner
+
+        return TrtEngineRunner(artifact)
+    if artifact.suffix == ".mlpackage":
+        from hiprune.runtime.coreml_runner import CoreMLRunner
+
+        return CoreMLRunner(artifact)
+    raise CheckpointError(f"artifact {directory}: no runner for {artifact.name}; expected .onnx, .engine or .mlpackage")
+
+
+def ort_providers(device: str, directory: Path) -> tuple[Any, ...]:
+    """CPU, or on ``cuda`` the GPU providers this onnxruntime build has (TensorRT engines cached beside the model)."""
+    if device != "cuda":
+        return ("CPUExecutionProvider",)
+    import onnxruntime as ort
+
+    available = set(ort.get_available_providers())
+    chosen: list[Any] = []
+    if "TensorrtExecutionProvider" in available:
+        cache = directory / ".ort-trt-cache"
+        options = {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache), "trt_fp16_enable": True}
+        chosen.append(("TensorrtExecutionProvider", options))
+    if "CUDAExecutionProvider" in available:
+        chosen.append("CUDAExecutionProvider")
+    return (*chosen, "CPUExecutionProvider")
+
+
+def hiprune_config_from_manifest(manifest: dict[str, Any]) -> Any:
+    """The :class:`HiPruneConfig` an artifact was exported with."""
+    from hiprune.config import HiPruneConfig
+
+    fields = {f.name for f in dataclasses.fields(HiPruneConfig)}
+    return HiPruneConfig(**{k: v for k, v in manifest["hiprune"].items() if k in fields})
+
+
+def checkpoint_of(manifest: dict[str, Any]) -> str | None:
+    """The checkpoint directory an artifact came from, or ``None`` for the built-in default."""
+    from hiprune.export.models import DEFAULT_MODEL_NAME
+
+    source = manifest["source"]
+    return None if source.get("source") == DEFAULT_MODEL_NAME else source.get("path", source.get("source"))
+
+
+class TorchEncoderRunner(BaseRunner):
+    """The artifact's encoder rebuilt in PyTorch from its source checkpoint: eager, or CUDA-graph replay on CUDA."""
+
+    name: ClassVar[str] = "torch"
+
+    def __init__(self, manifest: dict[str, Any], device: str = "cpu", cuda_graph: bool = True) -> None:
+        super().__init__()
+        self.manifest = manifest
+        self.device = device
+        self.cuda_graph = cuda_graph and device == "cuda"
+        spec = manifest["inputs"]["pixel_values"]
+        self._spec = TensorSpec("pixel_values", tuple(spec["shape"]), np.dtype(np.float32))
+        self._encoder: Any = None
+        self._graph: Any = None
+        self._static: dict[str, Any] = {}
+
+    def activate_impl(self) -> None:
+        from hiprune.export.models import load_encoder
+
+        loaded = load_encoder(checkpoint_of(self.manifest), hiprune_config_from_manifest(self.manifest))
+        self._encoder = loaded.encoder.to(self.device)
+        if self.cuda_graph:
+            self._capture()
+
+    def _capture(self) -> None:
+        import torch
+
+        static_in = torch.zeros(self._spec.shape, device=self.device)
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream), torch.no_grad():
+            for _ in range(3):  # warm-up on a side stream, as graph capture requires
+                self._encoder(static_in)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph), torch.no_grad():
+            embeds, indices = self._encoder(static_in)
+        self._graph, self._static = graph, {"in": static_in, "image_embeds": embeds, "indices": indices}
+
+    def deactivate_impl(self) -> None:
+        self._encoder, self._graph, self._static = None, None, {}
+
+    def input_specs(self) -> list[TensorSpec]:
+        return [self._spec]
+
+    def infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        embeds, indices = self.infer_torch(torch.from_numpy(feed["pixel_values"]))
+        return {"image_embeds": embeds.cpu().numpy(), "indices": indices.cpu().numpy()}
+
+    def infer_torch(self, pixel_values: Any) -> tuple[Any, Any]:
+        """Tensors in, tensors out on the runner's device (no host round trip on CUDA)."""
+        import torch
+
+        if self._graph is not None:
+            self._static["in"].copy_(pixel_values, non_blocking=True)
+            self._graph.replay()
+            return self._static["image_embeds"].clone(), self._static["indices"].clone()
+        with torch.no_grad():
+            return self._encoder(pixel_values.to(self.device))
+
+
+def require_device(device: str) -> None:
+    """Fails early with one line when ``cuda`` is asked for and no GPU is visible."""
+    if device not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {device!r} is unknown; choose cpu or cuda")
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise BackendUnavailableError("--device cuda: no CUDA GPU is visible to this process; use --device cpu")

@@ -1,0 +1,75 @@
+"""Images → ``pixel_values`` with the checkpoint's own image processor (``AutoImageProcessor``), read locally.
+
+The processor config comes from the artifact directory (the export writes it there), else from the source
+checkpoint, else, for the built-in default, LLaVA-1.5's settings built in code. Nothing downloads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hiprune.errors import CheckpointError, ConfigError
+
+PROCESSOR_CONFIG = "preprocessor_config.json"
+
+
+def load_image_processor(artifact_dir: Path, checkpoint: str | None) -> Any:
+    """The image processor for an artifact: its own saved config, the checkpoint's, or the default's."""
+    for directory in (Path(artifact_dir), None if checkpoint is None else Path(checkpoint)):
+        if directory is not None and (directory / PROCESSOR_CONFIG).is_file():
+            from transformers import AutoImageProcessor
+
+            try:
+                return AutoImageProcessor.from_pretrained(str(directory), local_files_only=True)
+            except Exception as exc:
+                raise CheckpointError(f"{directory / PROCESSOR_CONFIG} cannot be read ({_first_line(exc)})") from None
+    if checkpoint is None:
+        from hiprune.runtime.defaults import default_image_processor
+
+        return default_image_processor()
+    raise CheckpointError(
+        f"no {PROCESSOR_CONFIG} in artifact {artifact_dir} or checkpoint {checkpoint}; "
+        "save the checkpoint's image processor there (AutoImageProcessor.save_pretrained)"
+    )
+
+
+def load_image(image: Any) -> Any:
+    """A file path (decoded with PIL), a PIL image, or an (H, W, 3) uint8 / float array → an RGB PIL image."""
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    if isinstance(image, np.ndarray):
+        if image.ndim != 3 or image.shape[-1] != 3:
+            raise ConfigError(f"image array has shape {image.shape}; pass an (H, W, 3) RGB array")
+        if image.dtype != np.uint8:
+            image = (np.clip(image, 0.0, 1.0) * 255).round().astype(np.uint8)
+        return Image.fromarray(image, "RGB")
+    path = Path(image)
+    if not path.is_file():
+        raise ConfigError(f"--image {path}: no such file; pass a path to a PNG/JPEG/... image")
+    try:
+        with Image.open(path) as opened:
+            return opened.convert("RGB")
+    except (UnidentifiedImageError, OSError) as exc:
+        reason = _first_line(exc)
+        raise ConfigError(f"--image {path}: cannot be decoded as an image ({reason}); pass a PNG/JPEG") from None
+
+
+def preprocess(processor: Any, image: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """One image → float32 ``pixel_values`` of the artifact's input ``shape`` (1, 3, H, W)."""
+    pixel_values = processor(images=load_image(image), return_tensors="np")["pixel_values"].astype(np.float32)
+    if tuple(pixel_values.shape) != tuple(shape):
+        raise ConfigError(
+            f"the image processor gives pixel_values {list(pixel_values.shape)} but the artifact takes {list(shape)}; "
+            "the artifact and its preprocessor_config.json disagree, re-export the artifact"
+        )
+    return np.ascontiguousarray(pixel_values)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
