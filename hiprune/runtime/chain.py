@@ -51,7 +51,12 @@ class Chain:
         llm_layers: keep only the first N decoder layers (quick CPU runs of large models).
         encoder: ``auto`` (the artifact's own runtime) or ``torch`` (the same encoder rebuilt in PyTorch).
         runtime_options: keyword arguments for the LLM runtime's constructor.
+        reuse_llm_from: another chain over the same language model (same checkpoint, runtime and device) whose
+            loaded runtime and tokenizer this one shares instead of loading its own (budget sweeps).
     """
+
+    runtime: LLMRuntime
+    text: TextSide
 
     def __init__(
         self,
@@ -62,6 +67,7 @@ class Chain:
         llm_layers: int | None = None,
         encoder: str = "auto",
         runtime_options: dict[str, Any] | None = None,
+        reuse_llm_from: Chain | None = None,
     ) -> None:
         require_device(device)
         runtime_cls = get_llm_runtime(llm_runtime)
@@ -74,9 +80,13 @@ class Chain:
         self.kept = int(self.manifest["encoder"]["kept"])
         checkpoint = self._checkpoint(llm)
         self.processor = load_image_processor(self.artifact_dir, checkpoint_of(self.manifest))
-        placement, dtype = runtime_cls.model_placement(device)
-        lm, self.text = load_language_model(checkpoint, self.artifact_dir, llm_layers, placement, dtype)
-        self.runtime: LLMRuntime = runtime_cls(lm, device, **(runtime_options or {}))
+        if reuse_llm_from is not None:
+            self.runtime, self.text = self._reuse(reuse_llm_from, checkpoint, runtime_cls)
+        else:
+            placement, dtype = runtime_cls.model_placement(device)
+            lm, self.text = load_language_model(checkpoint, self.artifact_dir, llm_layers, placement, dtype)
+            self.runtime = runtime_cls(lm, device, **(runtime_options or {}))
+        self.checkpoint = checkpoint
         self._check_width()
         self.runner = open_runner(self.artifact_dir, device, encoder)
         self.runner.__enter__()
@@ -112,6 +122,13 @@ class Chain:
                 "pass that checkpoint, or re-export the artifact from this one"
             )
         return str(llm)
+
+    def _reuse(self, other: Chain, checkpoint: str | None, runtime_cls: type[LLMRuntime]) -> tuple[LLMRuntime, Any]:
+        if (other.checkpoint, other.device, type(other.runtime)) != (checkpoint, self.device, runtime_cls):
+            raise ConfigError(
+                "reuse_llm_from: the other chain runs another language model, runtime or device; load a new one"
+            )
+        return other.runtime, other.text
 
     def _check_width(self) -> None:
         width = self.manifest["outputs"]["image_embeds"]["shape"][-1]
