@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-all lint fmt bench clean
+.PHONY: setup demo test test-all lint fmt bench bench-ort clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,8 +33,13 @@ fmt: $(STAMP)
 	$(BIN)/ruff format hiprune tests bench
 	$(BIN)/ruff check --fix hiprune tests bench
 
-## ORT CPU latency, pruned vs --no-prune, and default-model export cost; prints JSON.
+## CPU time to first token through the chain, full vs keep 64 (default model, 2 LLM layers); prints JSON and
+## writes out/bench-cpu/bench.{json,md,png}. Needs >= 10 GB free memory.
 bench: $(STAMP)
+	$(BIN)/python bench/ttft_cpu.py --out out/bench-cpu
+
+## ORT CPU latency of the encoder artifact, pruned vs --no-prune, and default-model export cost; prints JSON.
+bench-ort: $(STAMP)
 	$(BIN)/python bench/ort_overhead.py
 
 clean:

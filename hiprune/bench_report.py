@@ -1,0 +1,164 @@
+"""``hiprune-bench``'s report: per-stage medians and p90s, speed-up ratios, and the JSON / Markdown / PNG files.
+
+Kept apart from the measuring code so the report's shape is one small, documented thing (see docs/bench.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPORT_FORMAT = "hiprune-bench/1"
+CHAIN_STAGES = ("preprocess", "encoder", "splice", "prefill", "ttft", "decode_per_token")
+BAR_STAGES = ("preprocess", "encoder", "splice", "prefill")  # ttft = these + what the chain spends between them
+FILES = ("bench.json", "bench.md", "bench.png")
+
+
+def summarize(samples: Sequence[float | None]) -> dict[str, float] | None:
+    """Median and 90th percentile (ms, 3 decimals) of the measured samples; ``None`` when a stage was not timed."""
+    values = [float(v) for v in samples if v is not None]
+    if not values:
+        return None
+    return {
+        "median": round(float(np.median(values)), 3),
+        "p90": round(float(np.percentile(values, 90)), 3),
+        "n": len(values),
+    }
+
+
+def budget_entry(label: str, kept: int, chain: dict[str, list], ideal: dict[str, list], extra: dict) -> dict:
+    """One budget's block: chain stages and the component ideal (encoder and prefill timed on their own)."""
+    stages = {stage: summarize(chain.get(stage, [])) for stage in CHAIN_STAGES}
+    ttfts = chain.get("ttft", [])
+    middle = sorted(range(len(ttfts)), key=lambda i: ttfts[i])[(len(ttfts) - 1) // 2] if ttfts else None
+    parts = {part: summarize(ideal[part]) for part in ("encoder", "prefill")}
+    ideal_ttft = sum(p["median"] for p in parts.values() if p is not None)
+    return {
+        "budget": label,
+        "kept_tokens": kept,
+        **extra,
+        "chain_ms": stages,
+        "median_run_ms": {s: _round(chain[s][middle]) for s in CHAIN_STAGES if middle is not None and s in chain},
+        "ideal_ms": {**parts, "ttft": round(ideal_ttft, 3)},
+    }
+
+
+def speedups(budgets: list[dict]) -> dict[str, dict[str, float]]:
+    """TTFT of ``full`` over each pruned budget, through the chain and ideally; ``chain_over_ideal`` near 1 means
+    the runtime keeps the gain the components promise. Empty when no ``full`` budget was measured."""
+    full = next((b for b in budgets if b["budget"] == "full"), None)
+    if full is None:
+        return {}
+    out = {}
+    for entry in budgets:
+        if entry is full:
+            continue
+        chain = full["chain_ms"]["ttft"]["median"] / entry["chain_ms"]["ttft"]["median"]
+        ideal = full["ideal_ms"]["ttft"] / entry["ideal_ms"]["ttft"]
+        out[entry["budget"]] = {
+            "chain_ttft_full_over_pruned": round(chain, 3),
+            "ideal_ttft_full_over_pruned": round(ideal, 3),
+            "chain_over_ideal": round(chain / ideal, 3),
+        }
+    return out
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The table users paste: one row per budget, medians (p90) in ms, then the ratios."""
+    head = ["budget", "kept", "prompt", *CHAIN_STAGES, "ideal enc+prefill"]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for entry in report["budgets"]:
+        cells = [entry["budget"], str(entry["kept_tokens"]), str(entry.get("prompt_tokens", ""))]
+        cells += [_cell(entry["chain_ms"][stage]) for stage in CHAIN_STAGES]
+        cells.append(f"{entry['ideal_ms']['ttft']:.1f}")
+        rows.append("| " + " | ".join(cells) + " |")
+    lines = [
+        f"**{report['model']}** · target `{report['target']}` · LLM `{report['runtimes']['llm']}` · "
+        f"{report['device']['name']} · {report['settings']['repeats']} interleaved repeats, medians (p90) in ms",
+        "",
+        *rows,
+    ]
+    for budget, ratio in report["speedups"].items():
+        lines.append("")
+        lines.append(
+            f"- TTFT full / {budget}: chain **{ratio['chain_ttft_full_over_pruned']:.2f}x**, component ideal "
+            f"{ratio['ideal_ttft_full_over_pruned']:.2f}x (chain keeps {ratio['chain_over_ideal']:.0%} of it)"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _cell(summary: dict[str, float] | None) -> str:
+    return "–" if summary is None else f"{summary['median']:.1f} ({summary['p90']:.1f})"
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    """TTFT per budget stacked by stage (the chain run with the median TTFT), the component ideal beside it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    budgets = report["budgets"]
+    x = np.arange(len(budgets))
+    fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(budgets), 4.2))
+    bottom = np.zeros(len(budgets))
+    for stage in BAR_STAGES:
+        values = np.array([b["median_run_ms"].get(stage) or 0.0 for b in budgets])
+        ax.bar(x - 0.2, values, 0.38, bottom=bottom, label=f"chain: {stage}")
+        bottom += values
+    low = np.array([_median(b["ideal_ms"]["encoder"]) for b in budgets])
+    ax.bar(x + 0.2, low, 0.38, color="white", edgecolor="C1", hatch="//", label="ideal: encoder")
+    ax.bar(x + 0.2, [_median(b["ideal_ms"]["prefill"]) for b in budgets], 0.38, bottom=low, color="white",
+           edgecolor="C3", hatch="..", label="ideal: prefill")  # fmt: skip
+    ax.set_xticks(x, [f"{b['budget']}\n({b['kept_tokens']} tokens)" for b in budgets])
+    ax.set_ylabel("time to first token (ms)")
+    ax.set_title(f"TTFT by budget · {report['runtimes']['llm']} · {report['device']['name']}", fontsize=9)
+    ax.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def _median(summary: dict[str, float] | None) -> float:
+    return 0.0 if summary is None else summary["median"]
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Moves a finished temp file into place with ordinary permissions (mkstemp makes it owner-only)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o666 & ~umask)
+    os.replace(tmp, final)
+
+
+def write_report(report: dict[str, Any], out: Path) -> dict[str, Path]:
+    """Writes bench.json, bench.md and bench.png into ``out``; each appears whole (temp file, then rename)."""
+    out.mkdir(parents=True, exist_ok=True)
+    writers: dict[str, Callable[[Path], None]] = {
+        "bench.json": lambda p: p.write_text(json.dumps(report, indent=2) + "\n"),
+        "bench.md": lambda p: p.write_text(markdown(report)),
+        "bench.png": lambda p: plot(report, p),
+    }
+    staged: dict[str, Path] = {}
+    try:
+        for name, write in writers.items():
+            handle, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=Path(name).suffix, dir=out)
+            os.close(handle)
+            staged[name] = Path(tmp)
+            write(staged[name])
+        for name, tmp in staged.items():
+            _publish(tmp, out / name)
+    finally:
+        for tmp in staged.values():
+            tmp.unlink(missing_ok=True)
+    return {name: out / name for name in FILES}

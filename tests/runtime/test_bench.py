@@ -1,0 +1,104 @@
+"""``hiprune-bench`` on a tiny checkpoint: the three files with their documented keys, the cache, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from hiprune.bench_cli import TARGETS, main
+from hiprune.bench_report import CHAIN_STAGES, speedups
+
+STATS = {"median", "p90", "n"}
+
+
+@pytest.fixture(scope="module")
+def bench_run(tiny_vlm, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    args = [
+        "--model",
+        str(tiny_vlm()),
+        "--keep",
+        "full,8",
+        "--repeats",
+        "2",
+        "--max-new-tokens",
+        "3",
+        "--out",
+        str(out),
+    ]
+    first = CliRunner().invoke(main, args)
+    again = ["--repeats", "1", "--warmup", "0", "--out", str(out / "again"), "--cache", str(out / "artifacts")]
+    second = CliRunner().invoke(main, [*args, *again])
+    return out, first, second
+
+
+def test_bench_writes_json_md_png_with_documented_keys(bench_run):
+    out, first, _ = bench_run
+    assert first.exit_code == 0, first.output
+    report = json.loads((out / "bench.json").read_text())
+    assert {"format", "model", "target", "device", "versions", "precision", "runtimes", "settings", "budgets",
+            "speedups"} <= report.keys()  # fmt: skip
+    assert {"torch", "onnxruntime", "matplotlib"} <= report["versions"].keys()
+    assert report["runtimes"]["llm"] == "transformers" and report["runtimes"]["encoder"] == "onnxruntime"
+    assert [(b["budget"], b["kept_tokens"]) for b in report["budgets"]] == [("full", 16), ("8", 8)]
+    for entry in report["budgets"]:
+        assert entry["chain_ms"].keys() == set(CHAIN_STAGES)
+        assert all(entry["chain_ms"][stage].keys() == STATS for stage in CHAIN_STAGES)
+        assert entry["chain_ms"]["ttft"]["n"] == 2
+        assert entry["ideal_ms"]["encoder"]["n"] == 2 and entry["ideal_ms"]["prefill"]["n"] == 2
+        assert entry["prompt_tokens"] == report["budgets"][0]["prompt_tokens"] - 16 + entry["kept_tokens"]
+        assert 1 <= len(entry["generated_ids"]) <= 3
+    assert report["speedups"]["8"].keys() == {
+        "chain_ttft_full_over_pruned", "ideal_ttft_full_over_pruned", "chain_over_ideal",
+    }  # fmt: skip
+    table = (out / "bench.md").read_text()
+    assert "| full | 16 |" in table and "| 8 | 8 |" in table and "TTFT full / 8" in table
+    with Image.open(out / "bench.png") as png:
+        assert png.format == "PNG" and png.width > 300
+
+
+def test_second_run_reuses_the_cached_artifacts(bench_run):
+    out, _, second = bench_run
+    assert second.exit_code == 0, second.output
+    report = json.loads((out / "again" / "bench.json").read_text())
+    assert [b["reused"] for b in report["budgets"]] == [True, True]
+    assert report["budgets"][0]["chain_ms"]["ttft"]["n"] == 1
+
+
+def test_speedups_are_full_over_pruned():
+    def entry(budget, chain, ideal):
+        return {"budget": budget, "chain_ms": {"ttft": {"median": chain}}, "ideal_ms": {"ttft": ideal}}
+
+    ratios = speedups([entry("full", 30.0, 24.0), entry("64", 12.0, 8.0)])
+    assert ratios == {
+        "64": {"chain_ttft_full_over_pruned": 2.5, "ideal_ttft_full_over_pruned": 3.0, "chain_over_ideal": 0.833}
+    }
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--keep", "full,abc"], "'abc' is not 'full' or a positive integer"),
+        (["--keep", "64,64"], "names '64' twice"),
+        (["--repeats", "0"], "--repeats 0 must be at least 1"),
+        (["--max-new-tokens", "0"], "--max-new-tokens 0 must be at least 1"),
+        (["--llm-runtime", "vllm"], "--llm-runtime 'vllm' is unknown"),
+        (["--model", "/nonexistent/ckpt"], "no such directory"),
+    ],
+)
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, needle):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, [*args, "--out", str(out)])
+    assert result.exit_code != 0
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], result.output
+    assert not out.exists()
+
+
+def test_cli_targets_are_the_registry():
+    from hiprune.targets import TARGETS as REGISTRY
+
+    assert sorted(TARGETS) == sorted(REGISTRY)
