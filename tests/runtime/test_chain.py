@@ -1,0 +1,123 @@
+"""The chain against transformers' own LLaVA: greedy ids and first-token logits, full and pruned artifacts."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+import torch
+from oracle import paper_select, reference_embeds, reference_scores
+
+from hiprune.api import ExportRequest, export
+from hiprune.config import HiPruneConfig
+from hiprune.runtime.chain import Chain
+
+PROMPT = "What is in the picture?"
+NEW_TOKENS = 8
+
+
+@functools.cache
+def _text_and_images(path: str):
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path), AutoImageProcessor.from_pretrained(path)
+
+
+def _generate(model, tokenizer, **inputs):
+    with torch.no_grad():
+        out = model.generate(
+            **inputs,
+            max_new_tokens=NEW_TOKENS,
+            do_sample=False,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.eos_token_id,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
+    new = out.sequences[0, inputs["input_ids"].shape[1] :] if "input_ids" in inputs else out.sequences[0]
+    return new.tolist(), out.logits[0][0].float()
+
+
+def _chain_ids_and_logits(chain: Chain, image):
+    embeds = chain.splice(PROMPT, chain.encode(chain.preprocess(image)))
+    prefill = chain.runtime.prefill(embeds)
+    logits = prefill.logits.clone()
+    return chain.runtime.decode(prefill, NEW_TOKENS), logits
+
+
+@pytest.fixture(scope="module")
+def full_artifact(tiny_vlm, tmp_path_factory):
+    path = tiny_vlm(image_size=48)
+    out = tmp_path_factory.mktemp("full") / "a"
+    export(ExportRequest(hiprune=HiPruneConfig(prune=False), model=str(path), output=out))
+    return path, out
+
+
+def test_full_artifact_matches_llava_generate(full_artifact, photo_file, reference_model):
+    """--no-prune artifact + transformers runtime = LlavaForConditionalGeneration.generate on the same image."""
+    from transformers import LlavaProcessor
+
+    path, artifact = full_artifact
+    model, (tokenizer, processor) = reference_model(path), _text_and_images(str(path))
+    llava = LlavaProcessor(
+        processor, tokenizer, patch_size=8, vision_feature_select_strategy="default", num_additional_image_tokens=1
+    )
+    inputs = llava(images=str(photo_file), text=f"USER: <image>\n{PROMPT} ASSISTANT:", return_tensors="pt")
+    assert int((inputs["input_ids"] == model.config.image_token_id).sum()) == 36
+    want_ids, want_logits = _generate(model, tokenizer, **inputs)
+    with Chain(artifact) as chain:
+        got_ids, got_logits = _chain_ids_and_logits(chain, photo_file)
+        result = chain.run(photo_file, PROMPT, NEW_TOKENS)
+    assert len(want_ids) > 1
+    assert got_ids == want_ids and result.generated_ids == want_ids
+    assert (got_logits - want_logits).abs().max() <= 1e-4
+    assert result.kept_tokens == 36 and result.prompt_tokens == inputs["input_ids"].shape[1]
+    assert result.text == tokenizer.decode(want_ids, skip_special_tokens=True)
+    assert all(value is not None and value >= 0 for value in result.timings.as_dict().values())
+
+
+@pytest.mark.parametrize("encoder", ["auto", "torch"])
+def test_pruned_artifact_matches_llava_fed_oracle_tokens(tiny_vlm, tmp_path, photo, encoder, reference_model):
+    """Pruned artifact = HF LLaVA given the paper-loop oracle's kept projected features at K placeholders."""
+    path = tiny_vlm(image_size=48)
+    keep, alpha = 10, 0.5
+    result = export(
+        ExportRequest(hiprune=HiPruneConfig(keep=keep, alpha=alpha), model=str(path), output=tmp_path / "a")
+    )
+    h = result.manifest["hiprune"]
+    model, (tokenizer, processor) = reference_model(path), _text_and_images(str(path))
+    image = photo(80, seed=7)
+    pixel_values = torch.from_numpy(processor(images=image, return_tensors="np")["pixel_values"])
+    with torch.no_grad():
+        s_obj, s_deep, hidden = reference_scores(model, pixel_values, h["object_layer"], h["deep_layer"])
+        indices = paper_select(s_obj, s_deep, keep, alpha, 6, "paper")
+        kept = reference_embeds(model, pixel_values, indices, model.config.vision_feature_layer, hidden)
+    ids = tokenizer(f"USER: <image>\n{PROMPT} ASSISTANT:")["input_ids"]
+    at = ids.index(model.config.image_token_id)
+    input_ids = torch.tensor([ids[:at] + [model.config.image_token_id] * keep + ids[at + 1 :]])
+    with torch.no_grad():
+        embeds = model.get_input_embeddings()(input_ids).masked_scatter(
+            (input_ids == model.config.image_token_id)[..., None], kept
+        )
+    want_ids, want_logits = _generate(model, tokenizer, inputs_embeds=embeds, attention_mask=torch.ones_like(input_ids))
+    with Chain(result.output, encoder=encoder) as chain:
+        got = chain.runner.infer({"pixel_values": chain.preprocess(image)})
+        got_ids, got_logits = _chain_ids_and_logits(chain, image)
+    np.testing.assert_array_equal(got["indices"], indices.numpy())
+    assert got_ids == want_ids and len(want_ids) > 1
+    assert (got_logits - want_logits).abs().max() <= 1e-4
+
+
+def test_static_cache_path_matches_dynamic(full_artifact, photo):
+    """The CUDA path's static-cache step logic (mask, positions, cache counter), run eagerly on the CPU."""
+    path, artifact = full_artifact
+    image = photo(64, seed=2)
+    with Chain(artifact) as dynamic:
+        want_ids, want_logits = _chain_ids_and_logits(dynamic, image)
+        options = {"static": True, "max_cache_len": 96}
+        with Chain(artifact, runtime_options=options) as static:
+            got_ids, got_logits = _chain_ids_and_logits(static, image)
+            again_ids, _ = _chain_ids_and_logits(static, image)  # a second prefill restarts the cache
+    assert got_ids == want_ids == again_ids
+    assert (got_logits - want_logits).abs().max() <= 1e-4
