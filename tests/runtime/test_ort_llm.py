@@ -49,6 +49,15 @@ def test_prefill_logits_and_greedy_ids_match_transformers(tiny_lm, ort_llm):
     assert len(reference_ids) == 12
 
 
+@pytest.mark.parametrize("static", [False, True])
+def test_same_ids_and_logits_as_the_transformers_runtime(ort_llm, static):
+    hf = get_llm_runtime("transformers")(ort_llm.lm, static=static)
+    embeds = _embeds(9, seed=5)
+    ours, theirs = ort_llm.prefill(embeds), hf.prefill(embeds)
+    assert torch.allclose(ours.logits, theirs.logits, atol=1e-4)
+    assert ort_llm.decode(ours, 10) == hf.decode(theirs, 10)
+
+
 def test_embed_is_the_checkpoint_table_and_decode_stops_at_eos(tiny_lm, ort_llm):
     ids = torch.tensor([[3, 17, 99]])
     assert torch.equal(ort_llm.embed(ids), tiny_lm.get_input_embeddings()(ids).detach())
@@ -69,3 +78,18 @@ def test_export_is_cached_by_key(tiny_lm, ort_llm):
     assert again.spec.path == directory / "decoder.onnx"
     assert (directory / "decoder.onnx").stat().st_mtime_ns == stamp
     assert [p.name for p in ort_llm.lm.cache_dir.iterdir()] == [directory.name]
+
+
+def test_chain_with_onnxruntime_generates_what_transformers_does(tiny_vlm, photo, tmp_path):
+    from hiprune.api import ExportRequest, export
+    from hiprune.config import HiPruneConfig
+    from hiprune.runtime.chain import Chain
+
+    artifact = tmp_path / "k8"
+    export(ExportRequest(hiprune=HiPruneConfig(keep=8), model=str(tiny_vlm()), output=artifact))
+    runs = {}
+    for runtime in ("transformers", "onnxruntime"):
+        with Chain(artifact, runtime) as chain:
+            runs[runtime] = chain.run(photo(48, 1), "What is in the picture?", max_new_tokens=6)
+    assert runs["onnxruntime"].generated_ids == runs["transformers"].generated_ids
+    assert runs["onnxruntime"].kept_tokens == 8 and runs["onnxruntime"].llm_runtime == "onnxruntime"
