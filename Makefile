@@ -17,9 +17,14 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-## Export the built-in default (LLaVA-1.5-7B vision tower + projector, random weights) to ONNX with K = 64.
+## Export the built-in default (LLaVA-1.5-7B vision tower + projector, random weights) to ONNX with K = 64,
+## then run a generated photo through it into the LLaVA-1.5-7B-shaped language model (random, 2 layers on CPU).
 demo: $(STAMP)
 	$(BIN)/hiprune-export --target onnx --keep 64 --output out/demo-onnx-k64 --force
+	$(BIN)/python -c "from PIL import Image as I; g = I.linear_gradient('L'); \
+	I.merge('RGB', (g, I.radial_gradient('L'), g.rotate(90))).resize((480, 360)).save('out/demo-photo.png')"
+	$(BIN)/hiprune-run out/demo-onnx-k64 --image out/demo-photo.png --prompt "What is in the picture?" \
+	  --json out/demo-run.json
 
 ## The CPU test suite (offline, no GPU): what CI runs.
 test: $(STAMP)
