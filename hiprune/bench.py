@@ -69,6 +69,7 @@ class BenchRequest:
     fresh: bool = False
     target_options: dict[str, str] = dataclasses.field(default_factory=dict)
     runtime_options: dict[str, Any] = dataclasses.field(default_factory=dict)  # LLM runtime kwargs (e.g. eager)
+    encoder: str = "auto"  # the artifact's own runtime, or "torch" (the same encoder in PyTorch)
 
     def validate(self) -> None:
         """Every setting checked before anything is exported or loaded."""
@@ -188,7 +189,7 @@ def open_chains(request: BenchRequest, artifacts: dict[int | None, Path], stack:
         first = next(iter(chains.values()), None)
         chain = Chain(
             directory, request.llm_runtime, request.device, llm_layers=request.llm_layers,
-            runtime_options=dict(request.runtime_options), reuse_llm_from=first,
+            encoder=request.encoder, runtime_options=dict(request.runtime_options), reuse_llm_from=first,
         )  # fmt: skip
         chains[keep] = stack.enter_context(chain)
     return chains
@@ -275,6 +276,7 @@ def _report(request: BenchRequest, chain: Any, budgets: list[dict]) -> dict[str,
             "llm_note": getattr(runtime, "note", None),
         },  # fmt: skip
         "settings": {
+            "encoder": request.encoder,
             "repeats": request.repeats,
             "warmup": request.warmup,
             "prompt": request.prompt,
