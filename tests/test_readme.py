@@ -3,6 +3,7 @@ and the demo's library equivalent exports the full-size default model."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -26,6 +27,7 @@ def _make_recipe(target: str) -> str:
 def test_readme_commands_exist():
     assert "make demo" in README and "make test" in README
     assert "hiprune-export --target onnx --keep 64" in _make_recipe("demo")
+    assert "hiprune-run out/demo-onnx-k64 --image out/demo-photo.png" in _make_recipe("demo")
     assert "pytest" in _make_recipe("test")
     assert "make test" in (ROOT / ".ci" / "run").read_text()
 
@@ -41,7 +43,8 @@ def test_readme_api_snippet_runs(tiny_checkpoint, tmp_path, monkeypatch):
 
 
 def test_demo_default_model(tmp_path):
-    """`make demo`'s export: LLaVA-1.5-7B vision tower + projector architecture, random weights, K = 64."""
+    """`make demo`: the export (LLaVA-1.5-7B vision tower + projector architecture, random weights, K = 64), then
+    hiprune-run over it into the built-in 4096-wide language model (cut to 1 layer here, 2 in the demo)."""
     result = export(ExportRequest(hiprune=HiPruneConfig(keep=64), target="onnx", output=tmp_path / "demo"))
     assert result.summary()["kept tokens"] == "64 of 576"
     assert result.manifest["outputs"]["image_embeds"]["shape"] == [1, 64, 4096]
@@ -49,3 +52,19 @@ def test_demo_default_model(tmp_path):
     with OrtRunner(result.artifact) as runner:
         out = runner.infer({"pixel_values": np.zeros((1, 3, 336, 336), np.float32)})
     assert out["indices"].shape == (1, 64) and np.all(np.diff(out["indices"][0]) > 0)
+    _demo_run(result.output, tmp_path)
+
+
+def _demo_run(artifact: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from hiprune.run_cli import main
+
+    Image.radial_gradient("L").convert("RGB").save(tmp_path / "photo.png")
+    args = ["--image", tmp_path / "photo.png", "--prompt", "Hi", "--llm-layers", "1", "--max-new-tokens", "2"]
+    run = CliRunner().invoke(main, [str(a) for a in [artifact, *args, "--warmup", "0", "--json", tmp_path / "r.json"]])
+    assert run.exit_code == 0, run.output
+    assert "RANDOM" in run.output and "time to first token" in run.output
+    body = json.loads((tmp_path / "r.json").read_text())
+    assert body["kept_tokens"] == 64 and len(body["generated_ids"]) == 2

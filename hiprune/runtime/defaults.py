@@ -17,10 +17,13 @@ IMAGE_TOKEN = "<image>"
 
 def default_image_processor() -> Any:
     """LLaVA-1.5's CLIP preprocessing: shortest edge 336 (bicubic), centre crop 336, CLIP mean/std."""
-    from transformers import CLIPImageProcessorPil
+    try:
+        from transformers import CLIPImageProcessorPil as Processor  # transformers 5: the PIL backend
+    except ImportError:
+        from transformers import CLIPImageProcessor as Processor
 
     size = DEFAULT_IMAGE_SIZE
-    return CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+    return Processor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
 
 
 def default_text_config(num_layers: int = 32) -> Any:

@@ -48,6 +48,7 @@ class HfLLM(LLMRuntime):
         self.max_cache_len = max_cache_len
         self.note: str | None = None  # set when a faster path had to fall back
         self._forward: Callable[..., Any] = torch.compile(self.model, dynamic=False) if compile else self.model
+        self._cache_kwarg = _cache_kwarg(self.model)
         self._buffers: dict[str, Any] = {}
         self._prefill_graphs: dict[int, _Graph] = {}
         self._decode_graph: _Graph | None = None
@@ -83,7 +84,7 @@ class HfLLM(LLMRuntime):
         from transformers import DynamicCache
 
         cache = DynamicCache(config=self.model.config)
-        out = self._forward(inputs_embeds=embeds, cache=cache, use_cache=True, logits_to_keep=1)
+        out = self._forward(inputs_embeds=embeds, use_cache=True, logits_to_keep=1, **{self._cache_kwarg: cache})
         logits = out.logits[0, -1].float()
         return Prefill(int(logits.argmax()), logits, cache, int(embeds.shape[1]))
 
@@ -91,7 +92,7 @@ class HfLLM(LLMRuntime):
         import torch
 
         ids = torch.tensor([[last]], device=self.device)
-        out = self._forward(input_ids=ids, cache=prefill.state, use_cache=True, logits_to_keep=1)
+        out = self._forward(input_ids=ids, use_cache=True, logits_to_keep=1, **{self._cache_kwarg: prefill.state})
         return int(out.logits[0, -1].argmax())
 
     # -- static cache: fixed buffers, capturable ---------------------------------------------------------------
@@ -119,9 +120,9 @@ class HfLLM(LLMRuntime):
             inputs_embeds=embeds,
             position_ids=positions,
             attention_mask=mask,
-            cache=b["cache"],
             use_cache=True,
             logits_to_keep=1,
+            **{self._cache_kwarg: b["cache"]},
         )
         logits = out.logits[:, -1].float()
         b["ids"].copy_(logits.argmax(-1, keepdim=True))
@@ -184,6 +185,13 @@ class HfLLM(LLMRuntime):
             self.cuda_graphs, self._decode_graph, self._prefill_graphs = False, None, {}
             text = str(exc).strip().splitlines()
             self.note = f"CUDA graph capture failed ({text[0] if text else type(exc).__name__}); running eager"
+
+
+def _cache_kwarg(model: Any) -> str:
+    """transformers 5.2x names the KV-cache argument ``cache``; earlier releases ``past_key_values``."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 class _Graph:

@@ -1,0 +1,58 @@
+"""``hiprune-run``: the JSON it writes, and one-line errors with a non-zero exit for bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from hiprune.api import ExportRequest, export
+from hiprune.config import HiPruneConfig
+from hiprune.run_cli import main
+from hiprune.runtime.llm.base import STAGES
+
+JSON_KEYS = {"generated_ids", "text", "kept_tokens", "llm_runtime", "device", "timings_ms", "peak_memory_mb"}
+
+
+@pytest.fixture(scope="module")
+def artifact(tiny_vlm, tmp_path_factory):
+    path = tiny_vlm(image_size=48)
+    out = tmp_path_factory.mktemp("cli") / "k12"
+    export(ExportRequest(hiprune=HiPruneConfig(keep=12, alpha=0.5), model=str(path), output=out))
+    return out
+
+
+def _run(*args: str):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_run_writes_json(artifact, photo_file, tmp_path):
+    out = tmp_path / "run.json"
+    args = ["--prompt", "Describe it.", "--max-new-tokens", "5", "--warmup", "0", "--json", out]
+    result = _run(artifact, "--image", photo_file, *args)
+    assert result.exit_code == 0, result.output
+    body = json.loads(out.read_text())
+    assert JSON_KEYS <= set(body) and set(body["timings_ms"]) == set(STAGES)
+    assert body["kept_tokens"] == 12 and body["llm_runtime"] == "transformers" and body["device"] == "cpu"
+    assert 1 <= len(body["generated_ids"]) <= 5 and all(isinstance(i, int) for i in body["generated_ids"])
+    assert body["peak_memory_mb"]["host_rss"] > 0
+    assert "time to first token" in result.output
+
+
+def test_bad_input_one_line_error(artifact, photo_file, tiny_vlm, tmp_path):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image at all")
+    other = tiny_vlm(image_size=48, seed=1)
+    cases = {
+        "no such directory": [tmp_path / "missing", "--image", photo_file],
+        "cannot be decoded": [artifact, "--image", broken],
+        "must be at least 1": [artifact, "--image", photo_file, "--max-new-tokens", "0"],
+        "is not the checkpoint": [artifact, "--image", photo_file, "--llm", other],
+    }
+    for expected, args in cases.items():
+        out = tmp_path / "never.json"
+        result = _run(*args, "--prompt", "Hi", "--warmup", "0", "--json", out)
+        lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+        assert result.exit_code != 0 and len(lines) == 1 and expected in lines[0], (expected, result.output)
+        assert "Traceback" not in result.output and not out.exists()
