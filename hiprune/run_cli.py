@@ -58,10 +58,11 @@ STAGE_LABELS = {
 )
 @click.option(
     "--encoder",
-    type=click.Choice(["auto", "torch"]),
+    type=click.Choice(["auto", "torch", "torch-eager"]),
     default="auto",
     show_default=True,
-    help="auto: the artifact's own runtime (ONNX Runtime, TensorRT, Core ML); torch: the same encoder in PyTorch.",
+    help="auto: the artifact's own runtime (ONNX Runtime, TensorRT, Core ML); torch: the same encoder in PyTorch "
+    "(CUDA graph on cuda); torch-eager: without the graph.",
 )
 @click.option("--warmup", type=int, default=1, show_default=True, help="Untimed runs before the timed one.")
 @click.option("--verbose", is_flag=True, help="Show tracebacks on errors.")

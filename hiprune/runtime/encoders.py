@@ -3,8 +3,8 @@
 ``open_runner(directory)`` reads ``manifest.json`` and returns the runner for its ``artifact``: ONNX Runtime for
 ``model.onnx`` (CPU; the TensorRT and CUDA execution providers first when ``--device cuda`` and onnxruntime-gpu
 has them), Polygraphy's TensorRT runner for ``model.engine``, Core ML for ``model.mlpackage``. ``encoder="torch"``
-rebuilds the same :class:`~hiprune.export.encoder.PrunedEncoder` in PyTorch (eager; CUDA-graph replay on CUDA)
-for machines without a compiled artifact.
+rebuilds the same :class:`~hiprune.export.encoder.PrunedEncoder` in PyTorch (eager on CPU; on CUDA fp16 weights
+under autocast, replayed as a CUDA graph) for machines without a compiled artifact; ``torch-eager`` skips the graph.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from hiprune.artifacts import MANIFEST, read_manifest
 from hiprune.errors import BackendUnavailableError, CheckpointError, ConfigError
 from hiprune.runtime.runners import BaseRunner, OrtRunner, TensorSpec
 
-ENCODER_CHOICES = ("auto", "torch")
+ENCODER_CHOICES = ("auto", "torch", "torch-eager")
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
 
@@ -44,8 +44,8 @@ def open_runner(directory: Path, device: str = "cpu", encoder: str = "auto") -> 
         raise ConfigError(f"--encoder {encoder!r} is unknown; choose one of {', '.join(ENCODER_CHOICES)}")
     directory = Path(directory)
     manifest = load_artifact_manifest(directory)
-    if encoder == "torch":
-        return TorchEncoderRunner(manifest, device)
+    if encoder.startswith("torch"):
+        return TorchEncoderRunner(manifest, device, cuda_graph=encoder == "torch")
     artifact = directory / manifest["artifact"]
     if not artifact.exists():
         raise CheckpointError(f"artifact {directory}: {manifest['artifact']} is missing; re-export the directory")
@@ -96,15 +96,22 @@ def checkpoint_of(manifest: dict[str, Any]) -> str | None:
 
 
 class TorchEncoderRunner(BaseRunner):
-    """The artifact's encoder rebuilt in PyTorch from its source checkpoint: eager, or CUDA-graph replay on CUDA."""
+    """The artifact's encoder rebuilt in PyTorch from its source checkpoint.
+
+    On CUDA the weights are fp16 and the forward runs under fp16 autocast (softmax, layer norms and so the
+    selection scores stay fp32), captured once as a CUDA graph unless ``cuda_graph=False``; on CPU it is fp32 eager.
+    """
 
     name: ClassVar[str] = "torch"
 
-    def __init__(self, manifest: dict[str, Any], device: str = "cpu", cuda_graph: bool = True) -> None:
+    def __init__(
+        self, manifest: dict[str, Any], device: str = "cpu", cuda_graph: bool = True, fp16: bool | None = None
+    ) -> None:
         super().__init__()
         self.manifest = manifest
         self.device = device
         self.cuda_graph = cuda_graph and device == "cuda"
+        self.fp16 = device == "cuda" if fp16 is None else fp16
         spec = manifest["inputs"]["pixel_values"]
         self._spec = TensorSpec("pixel_values", tuple(spec["shape"]), np.dtype(np.float32))
         self._encoder: Any = None
@@ -116,8 +123,16 @@ class TorchEncoderRunner(BaseRunner):
 
         loaded = load_encoder(checkpoint_of(self.manifest), hiprune_config_from_manifest(self.manifest))
         self._encoder = loaded.encoder.to(self.device)
+        if self.fp16:
+            self._encoder = self._encoder.half()
         if self.cuda_graph:
             self._capture()
+
+    def _forward(self, pixel_values: Any) -> tuple[Any, Any]:
+        import torch
+
+        with torch.no_grad(), torch.autocast(self.device, dtype=torch.float16, enabled=self.fp16):
+            return self._encoder(pixel_values)
 
     def _capture(self) -> None:
         import torch
@@ -125,13 +140,13 @@ class TorchEncoderRunner(BaseRunner):
         static_in = torch.zeros(self._spec.shape, device=self.device)
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream), torch.no_grad():
+        with torch.cuda.stream(stream):
             for _ in range(3):  # warm-up on a side stream, as graph capture requires
-                self._encoder(static_in)
+                self._forward(static_in)
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph), torch.no_grad():
-            embeds, indices = self._encoder(static_in)
+        with torch.cuda.graph(graph):
+            embeds, indices = self._forward(static_in)
         self._graph, self._static = graph, {"in": static_in, "image_embeds": embeds, "indices": indices}
 
     def deactivate_impl(self) -> None:
@@ -144,18 +159,15 @@ class TorchEncoderRunner(BaseRunner):
         import torch
 
         embeds, indices = self.infer_torch(torch.from_numpy(feed["pixel_values"]))
-        return {"image_embeds": embeds.cpu().numpy(), "indices": indices.cpu().numpy()}
+        return {"image_embeds": embeds.float().cpu().numpy(), "indices": indices.cpu().numpy()}
 
     def infer_torch(self, pixel_values: Any) -> tuple[Any, Any]:
         """Tensors in, tensors out on the runner's device (no host round trip on CUDA)."""
-        import torch
-
         if self._graph is not None:
             self._static["in"].copy_(pixel_values, non_blocking=True)
             self._graph.replay()
             return self._static["image_embeds"].clone(), self._static["indices"].clone()
-        with torch.no_grad():
-            return self._encoder(pixel_values.to(self.device))
+        return self._forward(pixel_values.to(self.device))
 
 
 def require_device(device: str) -> None:
