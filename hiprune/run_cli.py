@@ -156,7 +156,7 @@ def _context(chain: Chain) -> dict[str, Any]:
         "encoder_runner": chain.runner.name,
         "target": chain.manifest["target"],
         "num_tokens": chain.manifest["encoder"]["num_tokens"],
-        "note": getattr(chain.runtime, "note", None),
+        "note": chain.runtime.note,
     }
 
 
@@ -199,7 +199,7 @@ def _print_result(console: Console, result: ChainResult, chain: Chain, warmup: i
     console.print(table)
     memory = ", ".join(f"{k} {v:.0f} MiB" for k, v in result.peak_memory_mb.items() if v is not None)
     console.print(f"peak memory: {memory}")
-    if getattr(chain.runtime, "note", None):
+    if chain.runtime.note:
         console.print(f"[yellow]note: {chain.runtime.note}[/]")
 
 

@@ -17,13 +17,12 @@ IMAGE_TOKEN = "<image>"
 
 def default_image_processor() -> Any:
     """LLaVA-1.5's CLIP preprocessing: shortest edge 336 (bicubic), centre crop 336, CLIP mean/std."""
-    try:
-        from transformers import CLIPImageProcessorPil as Processor  # transformers 5: the PIL backend
-    except ImportError:
-        from transformers import CLIPImageProcessor as Processor
+    import transformers
 
+    # transformers 5 splits the PIL backend out (no torchvision needed); earlier releases have one class
+    processor = getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
     size = DEFAULT_IMAGE_SIZE
-    return Processor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+    return processor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
 
 
 def default_text_config(num_layers: int = 32) -> Any:

@@ -81,6 +81,7 @@ class LLMRuntime(abc.ABC):
         self.embed_dim: int = int(config.hidden_size)
         self.vocab_size: int = int(config.vocab_size)
         self.eos_token_id: int | None = lm.eos_token_id
+        self.note: str | None = None  # set when a faster path had to fall back (shown by hiprune-run, kept in JSON)
 
     @classmethod
     def model_placement(cls, device: str) -> tuple[str, str]:

@@ -46,7 +46,6 @@ class HfLLM(LLMRuntime):
         if self.cuda_graphs and not (on_cuda and self.static):
             raise ConfigError("CUDA graphs need device cuda and the static cache (static=True)")
         self.max_cache_len = max_cache_len
-        self.note: str | None = None  # set when a faster path had to fall back
         self._forward: Callable[..., Any] = torch.compile(self.model, dynamic=False) if compile else self.model
         self._cache_kwarg = _cache_kwarg(self.model)
         self._buffers: dict[str, Any] = {}
