@@ -77,15 +77,19 @@ def test_full_artifact_matches_llava_generate(full_artifact, photo_file, referen
     assert all(value is not None and value >= 0 for value in result.timings.as_dict().values())
 
 
-@pytest.mark.parametrize("encoder", ["auto", "torch"])
-def test_pruned_artifact_matches_llava_fed_oracle_tokens(tiny_vlm, tmp_path, photo, encoder, reference_model):
-    """Pruned artifact = HF LLaVA given the paper-loop oracle's kept projected features at K placeholders."""
+@pytest.fixture(scope="module")
+def pruned_artifact(tiny_vlm, tmp_path_factory):
     path = tiny_vlm(image_size=48)
-    keep, alpha = 10, 0.5
-    result = export(
-        ExportRequest(hiprune=HiPruneConfig(keep=keep, alpha=alpha), model=str(path), output=tmp_path / "a")
-    )
+    out = tmp_path_factory.mktemp("pruned") / "a"
+    return path, export(ExportRequest(hiprune=HiPruneConfig(keep=10, alpha=0.5), model=str(path), output=out))
+
+
+@pytest.mark.parametrize("encoder", ["auto", "torch"])
+def test_pruned_artifact_matches_llava_fed_oracle_tokens(pruned_artifact, photo, encoder, reference_model):
+    """Pruned artifact = HF LLaVA given the paper-loop oracle's kept projected features at K placeholders."""
+    path, result = pruned_artifact
     h = result.manifest["hiprune"]
+    keep, alpha = h["keep"], h["alpha"]
     model, (tokenizer, processor) = reference_model(path), _text_and_images(str(path))
     image = photo(80, seed=7)
     pixel_values = torch.from_numpy(processor(images=image, return_tensors="np")["pixel_values"])
