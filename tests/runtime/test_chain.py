@@ -125,3 +125,27 @@ def test_static_cache_path_matches_dynamic(full_artifact, photo):
             again_ids, _ = _chain_ids_and_logits(static, image)  # a second prefill restarts the cache
     assert got_ids == want_ids == again_ids
     assert (got_logits - want_logits).abs().max() <= 1e-4
+
+
+LLAVA_HF_TEMPLATE = (  # llava-hf's chat template, generation markers left out
+    "{% for message in messages %}{{ message['role'].upper() + ': ' }}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\\n' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] + ' ' }}"
+    "{% endfor %}{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+
+
+@pytest.mark.parametrize("template", [None, LLAVA_HF_TEMPLATE, "<s>" + LLAVA_HF_TEMPLATE])
+def test_prompt_format(template):
+    """Chat template when there is one (BOS once), else LLaVA-1.5's format; exactly one image token."""
+    from hiprune.errors import ConfigError
+    from hiprune.runtime.chain import format_prompt_ids
+    from hiprune.runtime.defaults import build_char_tokenizer
+    from hiprune.runtime.llm.loading import TextSide
+
+    text = TextSide(build_char_tokenizer(128, 127), 127, template)
+    ids = format_prompt_ids(text, "Why?")
+    assert ids[0] == 1 and ids.count(1) == 1 and ids.count(127) == 1
+    assert text.tokenizer.decode(ids) == "<s>USER: <image>\nWhy? ASSISTANT:"
+    with pytest.raises(ConfigError, match="leave it out"):
+        format_prompt_ids(text, "look: <image>")
