@@ -6,6 +6,7 @@ checkpoint, else, for the built-in default, LLaVA-1.5's settings built in code. 
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,24 @@ def load_image_processor(artifact_dir: Path, checkpoint: str | None) -> Any:
         f"no {PROCESSOR_CONFIG} in artifact {artifact_dir} or checkpoint {checkpoint}; "
         "save the checkpoint's image processor there (AutoImageProcessor.save_pretrained)"
     )
+
+
+def write_image_processor(checkpoint: str | None, directory: Path) -> str | None:
+    """Puts the image processor's config into an artifact directory, so a device preprocesses without the checkpoint.
+
+    Returns the file name written, or ``None`` when the checkpoint has no ``preprocessor_config.json``.
+    """
+    target = Path(directory) / PROCESSOR_CONFIG
+    if checkpoint is None:
+        from hiprune.runtime.defaults import default_image_processor
+
+        default_image_processor().to_json_file(target)
+        return PROCESSOR_CONFIG
+    source = Path(checkpoint) / PROCESSOR_CONFIG
+    if not source.is_file():
+        return None
+    shutil.copyfile(source, target)
+    return PROCESSOR_CONFIG
 
 
 def load_image(image: Any) -> Any:

@@ -47,6 +47,13 @@ def load_language_model(
     return _checkpoint_model(Path(checkpoint), layers, device, torch_dtype, cache_dir)
 
 
+def language_model_record(checkpoint: str | None) -> dict[str, Any]:
+    """What an artifact's manifest says about its language model: the weights digest ``--llm`` is checked against."""
+    if checkpoint is None:
+        return {"checkpoint_digest": None, "builtin": "llava-1.5-7b language model shape, random weights"}
+    return {"checkpoint_digest": checkpoint_digest(Path(checkpoint))}
+
+
 def _check_layers(layers: int | None, total: int) -> int:
     if layers is None:
         return total
