@@ -149,3 +149,26 @@ def test_prompt_format(template):
     assert text.tokenizer.decode(ids) == "<s>USER: <image>\nWhy? ASSISTANT:"
     with pytest.raises(ConfigError, match="leave it out"):
         format_prompt_ids(text, "look: <image>")
+
+
+def test_static_steps_never_read_tensors_on_host(full_artifact, monkeypatch):
+    """What CUDA-graph capture needs: the static prefill and decode bodies never pull a tensor value to Python."""
+    from hiprune.runtime.llm.hf import HfLLM
+    from hiprune.runtime.llm.loading import load_language_model
+
+    path, artifact = full_artifact
+    lm, _ = load_language_model(str(path), artifact, None, "cpu", "float32")
+    runtime = HfLLM(lm, "cpu", static=True, max_cache_len=32)
+    embeds = torch.randn(1, 9, runtime.embed_dim)
+    runtime.decode(runtime.prefill(embeds), 2)  # the cache's lazy allocation happens outside the bodies
+    reads: list[str] = []
+    for name in ("item", "tolist", "__bool__", "__int__", "__float__", "__index__", "numpy", "cpu"):
+        original = getattr(torch.Tensor, name)
+        monkeypatch.setattr(
+            torch.Tensor, name, lambda self, *a, _n=name, _o=original, **k: reads.append(_n) or _o(self, *a, **k)
+        )
+    with torch.no_grad():
+        runtime._prefill_body(embeds, torch.arange(9)[None])
+        runtime._decode_body()
+    monkeypatch.undo()
+    assert reads == []
