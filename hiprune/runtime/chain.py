@@ -105,6 +105,11 @@ class Chain:
         """The language model's checkpoint; ``--llm`` must be the checkpoint the artifact was exported from."""
         exported = checkpoint_of(self.manifest)
         if llm is None:
+            if exported is not None and not (Path(exported) / "config.json").is_file():
+                raise CheckpointError(
+                    f"artifact {self.artifact_dir} was exported from {exported}, which is not here; "
+                    "pass --llm DIR with that checkpoint"
+                )
             return exported
         llm = Path(llm)
         if not (llm / "config.json").is_file():
