@@ -46,6 +46,10 @@ def budget_entry(label: str, kept: int, chain: dict[str, list], ideal: dict[str,
         "chain_ms": stages,
         "median_run_ms": {s: _round(chain[s][middle]) for s in CHAIN_STAGES if middle is not None and s in chain},
         "ideal_ms": {**parts, "ttft": round(ideal_ttft, 3)},
+        "samples_ms": {
+            "chain": {s: [_round(v) for v in chain[s]] for s in CHAIN_STAGES if s in chain},
+            "ideal": {part: [_round(v) for v in values] for part, values in ideal.items()},
+        },
     }
 
 
