@@ -204,7 +204,9 @@ def _progress(quiet: bool) -> Any:
 
 def measure(request: BenchRequest, chains: dict, image: Any, quiet: bool) -> dict[int | None, dict[str, Any]]:
     """Warm-up rounds, then interleaved rounds of chain runs and component-ideal timings for every budget."""
-    samples = {keep: {"chain": {}, "ideal": {"encoder": [], "prefill": []}, "last": None} for keep in chains}
+    samples: dict[int | None, dict[str, Any]] = {
+        keep: {"chain": {}, "ideal": {"encoder": [], "prefill": []}, "last": None} for keep in chains
+    }
     rounds = request.warmup + request.repeats
     with _progress(quiet) as bar:
         task = bar.add_task("warm-up", total=rounds * len(chains))

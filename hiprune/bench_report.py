@@ -148,7 +148,7 @@ def _publish(tmp: Path, final: Path) -> None:
 def write_report(report: dict[str, Any], out: Path) -> dict[str, Path]:
     """Writes bench.json, bench.md and bench.png into ``out``; each appears whole (temp file, then rename)."""
     out.mkdir(parents=True, exist_ok=True)
-    writers: dict[str, Callable[[Path], None]] = {
+    writers: dict[str, Callable[[Path], object]] = {
         "bench.json": lambda p: p.write_text(json.dumps(report, indent=2) + "\n"),
         "bench.md": lambda p: p.write_text(markdown(report)),
         "bench.png": lambda p: plot(report, p),
@@ -156,13 +156,13 @@ def write_report(report: dict[str, Any], out: Path) -> dict[str, Path]:
     staged: dict[str, Path] = {}
     try:
         for name, write in writers.items():
-            handle, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=Path(name).suffix, dir=out)
+            handle, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=Path(name).suffix, dir=out)
             os.close(handle)
-            staged[name] = Path(tmp)
+            staged[name] = Path(tmp_name)
             write(staged[name])
-        for name, tmp in staged.items():
-            _publish(tmp, out / name)
+        for name, path in staged.items():
+            _publish(path, out / name)
     finally:
-        for tmp in staged.values():
-            tmp.unlink(missing_ok=True)
+        for path in staged.values():
+            path.unlink(missing_ok=True)
     return {name: out / name for name in FILES}
