@@ -253,6 +253,14 @@ def run_bench(request: BenchRequest, quiet: bool = False) -> dict[str, Any]:
     return report
 
 
+def _encoder_precision(chain: Any) -> str:
+    """The PyTorch runner says whether it runs fp16; an artifact runs at the precision it was exported with."""
+    fp16 = getattr(chain.runner, "fp16", None)
+    if fp16 is not None:
+        return "fp16" if fp16 else "fp32"
+    return str(chain.manifest["target_options"].get("precision", "fp32"))
+
+
 def _report(request: BenchRequest, chain: Any, budgets: list[dict]) -> dict[str, Any]:
     from hiprune.export.models import DEFAULT_MODEL_NAME
 
@@ -270,7 +278,7 @@ def _report(request: BenchRequest, chain: Any, budgets: list[dict]) -> dict[str,
         "target": request.target,
         "device": device_info(request.device),
         "versions": versions,
-        "precision": {"encoder": chain.manifest["target_options"].get("precision", "fp32"), "llm": llm_dtype},
+        "precision": {"encoder": _encoder_precision(chain), "llm": llm_dtype},
         "runtimes": {
             "encoder": chain.runner.name,
             "llm": runtime.name,

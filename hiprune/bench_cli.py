@@ -20,7 +20,7 @@ TARGETS = ("onnx", "tensorrt", "coreml")  # the registry's names, listed here so
 @click.option("--keep", default=DEFAULT_KEEP, show_default=True, help="Budgets, comma list; full = --no-prune.")
 @click.option("--llm-runtime", default="transformers", show_default=True, help="transformers or onnxruntime.")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
-@click.option("--encoder", default="auto", show_default=True, help="auto (the artifact's runtime) or torch.")
+@click.option("--encoder", default="auto", show_default=True, help="auto (the artifact's runtime), torch, torch-eager.")
 @click.option("--repeats", type=int, default=5, show_default=True, help="Measured rounds (each runs every budget).")
 @click.option("--warmup", type=int, default=1, show_default=True, help="Unmeasured rounds first.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("hiprune-bench"), show_default=True,
