@@ -111,7 +111,8 @@ def export(request: ExportRequest, steps: Steps | None = None) -> ExportResult:
         built = target.build(job, stage)
         if built.comparison is not None and not built.comparison.ok:
             raise ExportError(f"the {request.target} artifact disagrees with PyTorch: {built.comparison.describe()}")
-        body = _manifest_body(request, loaded, built.io or job.io, built, target.settings)
+        io = built.io or job.io
+        body = {**_manifest_body(request, loaded, io, built, target.settings), **_chain_records(loaded, io, stage)}
         manifest = write_manifest(stage, body)
     return ExportResult(output, output / built.artifact, manifest, built.comparison, built.note, built.comparison_label)
 
@@ -138,6 +139,19 @@ def _crops(spec: Any) -> dict[str, Any]:
         "tiles": list(spec.crops.tiles),
         "views": spec.views,
         "layout": spec.crops.layout,
+    }
+
+
+def _chain_records(loaded: LoadedEncoder, io: IOContract, stage: Path) -> dict[str, Any]:
+    """What a device needs to preprocess and splice without the checkpoint: the image processor's config (written
+    beside the artifact), the image sequence length, and the language model's weights digest (``hiprune-run``)."""
+    from hiprune.runtime.llm.loading import language_model_record
+    from hiprune.runtime.preprocess import write_image_processor
+
+    checkpoint = loaded.source.get("path")
+    return {
+        "preprocessing": {"image_processor": write_image_processor(checkpoint, stage), "image_seq_length": io.kept},
+        "language_model": language_model_record(checkpoint),
     }
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from hiprune.contract import IMAGE_EMBEDS, IOContract
 from hiprune.errors import CheckpointError, ConfigError
 from hiprune.runtime.encoders import checkpoint_of, load_artifact_manifest, open_runner, require_device
 from hiprune.runtime.llm.base import LLMRuntime, Timings, get_llm_runtime
@@ -74,10 +75,10 @@ class Chain:
         self.artifact_dir = Path(artifact_dir)
         self.manifest = load_artifact_manifest(self.artifact_dir)
         self.device = device
-        self.input_shape = tuple(self.manifest["inputs"]["pixel_values"]["shape"])
-        if self.input_shape[0] != 1:
-            raise ConfigError(f"artifact {artifact_dir} has batch {self.input_shape[0]}; export it with --batch 1")
-        self.kept = int(self.manifest["encoder"]["kept"])
+        self.io = IOContract.from_manifest(self.manifest)
+        if self.io.batch != 1:
+            raise ConfigError(f"artifact {artifact_dir} has batch {self.io.batch}; export it with --batch 1")
+        self.kept = self.io.kept
         checkpoint = self._checkpoint(llm)
         self.processor = load_image_processor(self.artifact_dir, checkpoint_of(self.manifest))
         if reuse_llm_from is not None:
@@ -128,6 +129,11 @@ class Chain:
             )
         return str(llm)
 
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """``pixel_values``'s static shape (1, 3, H, W)."""
+        return self.io.pixel_values.shape
+
     def _reuse(self, other: Chain, checkpoint: str | None, runtime_cls: type[LLMRuntime]) -> tuple[LLMRuntime, Any]:
         if (other.checkpoint, other.device, type(other.runtime)) != (checkpoint, self.device, runtime_cls):
             raise ConfigError(
@@ -136,7 +142,7 @@ class Chain:
         return other.runtime, other.text
 
     def _check_width(self) -> None:
-        width = self.manifest["outputs"]["image_embeds"]["shape"][-1]
+        width = self.io.embed_dim
         if width != self.runtime.embed_dim:
             raise CheckpointError(
                 f"artifact {self.artifact_dir} gives {width}-wide image tokens but the language model takes "
@@ -145,7 +151,7 @@ class Chain:
 
     def preprocess(self, image: Any) -> np.ndarray:
         """A path, PIL image or (H, W, 3) array → ``pixel_values`` (1, 3, H, W) float32."""
-        return preprocess(self.processor, image, self.input_shape)
+        return preprocess(self.processor, image, self.io.pixel_values.shape)
 
     def encode(self, pixel_values: np.ndarray) -> Any:
         """``pixel_values`` → (1, K, D) image tokens as a torch tensor (on the device for the torch runner)."""
@@ -153,7 +159,7 @@ class Chain:
 
         if hasattr(self.runner, "infer_torch"):
             return self.runner.infer_torch(torch.from_numpy(pixel_values))[0]
-        return torch.from_numpy(np.asarray(self.runner.infer({"pixel_values": pixel_values})["image_embeds"]))
+        return torch.from_numpy(np.asarray(self.runner.infer(self.io.feed(pixel_values))[IMAGE_EMBEDS]))
 
     def prompt_ids(self, prompt: str) -> list[int]:
         """The formatted prompt's token ids, with exactly one image token."""

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from hiprune.artifacts import MANIFEST, read_manifest
+from hiprune.contract import IMAGE_EMBEDS, INDICES, PIXEL_VALUES, IOContract
 from hiprune.errors import BackendUnavailableError, CheckpointError, ConfigError
 from hiprune.runtime.runners import BaseRunner, OrtRunner, TensorSpec
 
@@ -49,16 +50,17 @@ def open_runner(directory: Path, device: str = "cpu", encoder: str = "auto") -> 
     artifact = directory / manifest["artifact"]
     if not artifact.exists():
         raise CheckpointError(f"artifact {directory}: {manifest['artifact']} is missing; re-export the directory")
+    contract = IOContract.from_manifest(manifest)
     if artifact.suffix == ".onnx":
-        return OrtRunner(artifact, providers=ort_providers(device, directory))
+        return OrtRunner(artifact, providers=ort_providers(device, directory), contract=contract)
     if artifact.suffix == ".engine":
         from hiprune.runtime.tensorrt_runner import TrtEngineRunner
 
-        return TrtEngineRunner(artifact)
+        return TrtEngineRunner(artifact, contract=contract)
     if artifact.suffix == ".mlpackage":
         from hiprune.runtime.coreml_runner import CoreMLRunner
 
-        return CoreMLRunner(artifact)
+        return CoreMLRunner(artifact, contract=contract)
     raise CheckpointError(f"artifact {directory}: no runner for {artifact.name}; expected .onnx, .engine or .mlpackage")
 
 
@@ -112,8 +114,8 @@ class TorchEncoderRunner(BaseRunner):
         self.device = device
         self.cuda_graph = cuda_graph and device == "cuda"
         self.fp16 = device == "cuda" if fp16 is None else fp16
-        spec = manifest["inputs"]["pixel_values"]
-        self._spec = TensorSpec("pixel_values", tuple(spec["shape"]), np.dtype(np.float32))
+        pixel = IOContract.from_manifest(manifest).pixel_values
+        self._spec = TensorSpec(pixel.name, pixel.shape, np.dtype(pixel.dtype))
         self._encoder: Any = None
         self._graph: Any = None
         self._static: dict[str, Any] = {}
@@ -147,7 +149,7 @@ class TorchEncoderRunner(BaseRunner):
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             embeds, indices = self._forward(static_in)
-        self._graph, self._static = graph, {"in": static_in, "image_embeds": embeds, "indices": indices}
+        self._graph, self._static = graph, {"in": static_in, "out": (embeds, indices)}
 
     def deactivate_impl(self) -> None:
         self._encoder, self._graph, self._static = None, None, {}
@@ -158,15 +160,16 @@ class TorchEncoderRunner(BaseRunner):
     def infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
-        embeds, indices = self.infer_torch(torch.from_numpy(feed["pixel_values"]))
-        return {"image_embeds": embeds.float().cpu().numpy(), "indices": indices.cpu().numpy()}
+        embeds, indices = self.infer_torch(torch.from_numpy(feed[PIXEL_VALUES]))
+        return {IMAGE_EMBEDS: embeds.float().cpu().numpy(), INDICES: indices.cpu().numpy()}
 
     def infer_torch(self, pixel_values: Any) -> tuple[Any, Any]:
         """Tensors in, tensors out on the runner's device (no host round trip on CUDA)."""
         if self._graph is not None:
             self._static["in"].copy_(pixel_values, non_blocking=True)
             self._graph.replay()
-            return self._static["image_embeds"].clone(), self._static["indices"].clone()
+            embeds, indices = self._static["out"]
+            return embeds.clone(), indices.clone()
         return self._forward(pixel_values.to(self.device))
 
 

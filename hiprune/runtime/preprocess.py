@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from hiprune.contract import PIXEL_VALUES
 from hiprune.errors import CheckpointError, ConfigError
 
 PROCESSOR_CONFIG = "preprocessor_config.json"
@@ -80,10 +81,10 @@ def load_image(image: Any) -> Any:
 
 def preprocess(processor: Any, image: Any, shape: tuple[int, ...]) -> np.ndarray:
     """One image → float32 ``pixel_values`` of the artifact's input ``shape`` (1, 3, H, W)."""
-    pixel_values = processor(images=load_image(image), return_tensors="np")["pixel_values"].astype(np.float32)
+    pixel_values = processor(images=load_image(image), return_tensors="np")[PIXEL_VALUES].astype(np.float32)
     if tuple(pixel_values.shape) != tuple(shape):
         raise ConfigError(
-            f"the image processor gives pixel_values {list(pixel_values.shape)} but the artifact takes {list(shape)}; "
+            f"the image processor gives {PIXEL_VALUES} {list(pixel_values.shape)}, the artifact takes {list(shape)}; "
             "the artifact and its preprocessor_config.json disagree, re-export the artifact"
         )
     return np.ascontiguousarray(pixel_values)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from oracle import paper_select, reference_embeds, reference_scores
 from hiprune.api import ExportRequest, export
 from hiprune.config import HiPruneConfig
 from hiprune.runtime.chain import Chain
+from hiprune.runtime.llm.loading import checkpoint_digest
 
 PROMPT = "What is in the picture?"
 NEW_TOKENS = 8
@@ -75,6 +77,10 @@ def test_full_artifact_matches_llava_generate(full_artifact, photo_file, referen
     assert result.kept_tokens == 36 and result.prompt_tokens == inputs["input_ids"].shape[1]
     assert result.text == tokenizer.decode(want_ids, skip_special_tokens=True)
     assert all(value is not None and value >= 0 for value in result.timings.as_dict().values())
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    assert manifest["preprocessing"] == {"image_processor": "preprocessor_config.json", "image_seq_length": 36}
+    assert (artifact / "preprocessor_config.json").read_text() == (path / "preprocessor_config.json").read_text()
+    assert manifest["language_model"]["checkpoint_digest"] == checkpoint_digest(path)
 
 
 @pytest.fixture(scope="module")
