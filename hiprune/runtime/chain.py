@@ -78,6 +78,11 @@ class Chain:
         self.io = IOContract.from_manifest(self.manifest)
         if self.io.batch != 1:
             raise ConfigError(f"artifact {artifact_dir} has batch {self.io.batch}; export it with --batch 1")
+        if len(self.io.image_shape) != 3:
+            raise ConfigError(
+                f"artifact {artifact_dir} takes {self.io.image_shape[0]} views per image (LLaVA-NeXT crops); "
+                "hiprune-run runs single-view artifacts (LLaVA-1.5 style) so far"
+            )
         self.kept = self.io.kept
         checkpoint = self._checkpoint(llm)
         self.processor = load_image_processor(self.artifact_dir, checkpoint_of(self.manifest))
