@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hiprune import __version__
-from hiprune.artifacts import check_output_dir, staged_output, write_manifest
+from hiprune.artifacts import check_output_dir, ensure_space, staged_output, write_manifest
 from hiprune.config import EncoderOptions, HiPruneConfig
 from hiprune.contract import IOContract
-from hiprune.errors import ConfigError, ExportError
+from hiprune.errors import ConfigError, ExportError, HiPruneError, as_hiprune_error
 from hiprune.progress import Steps
 from hiprune.runtime.compare import Comparison
 from hiprune.targets import BuildJob, BuildOutput, get_target
@@ -65,7 +65,7 @@ class ExportResult:
             "output": str(self.output),
         }
         if self.comparison is not None:
-            rows[self.comparison_label] = self.comparison.describe()
+            rows["check"] = self.comparison.describe()
         return rows
 
 
@@ -83,8 +83,6 @@ def export(request: ExportRequest, steps: Steps | None = None) -> ExportResult:
 
     Every setting is validated before anything is read or written; on any error nothing is left behind.
     """
-    from hiprune.export.models import load_encoder
-
     steps = steps or Steps(quiet=True)
     target = get_target(request.target)(request.options)
     if request.batch < 1:
@@ -93,35 +91,55 @@ def export(request: ExportRequest, steps: Steps | None = None) -> ExportResult:
     output = request.output_dir()
     check_output_dir(output, request.force)
     target.check_available()
+    try:
+        return _build(request, target, output, steps)
+    except HiPruneError:
+        raise
+    except Exception as exc:
+        raise as_hiprune_error(exc, f"the {request.target} export") from exc
+
+
+def _build(request: ExportRequest, target: Any, output: Path, steps: Steps) -> ExportResult:
+    """Everything that reads or writes, inside the staging directory so that any failure leaves nothing."""
+    from hiprune.export.models import load_encoder
+
     if request.model is None:
         steps.note(
             "[yellow]No --model given: exporting the LLaVA-1.5-7B vision tower + projector architecture "
             "(CLIP ViT-L/14-336, 4096-d) with RANDOM weights.[/]"
         )
-    with steps.step("Loading the vision tower and projector"):
-        loaded = load_encoder(request.model, request.hiprune, request.allow_pickle, request.encoder)
-    job = BuildJob(
-        encoder=loaded.encoder,
-        io=loaded.contract(request.batch),
-        source=loaded.source["source"],
-        metadata=_metadata(request, loaded),
-        steps=steps,
-    )
-    with staged_output(output, request.force) as stage:
+    with staged_output(output, request.force, notify=steps.note) as stage:
+        with steps.step("Loading the vision tower and projector"):
+            loaded = load_encoder(request.model, request.hiprune, request.allow_pickle, request.encoder)
+        ensure_space(stage, _artifact_bytes(loaded.encoder, target.settings), output)
+        job = BuildJob(
+            encoder=loaded.encoder,
+            io=loaded.contract(request.batch),
+            source=loaded.source["source"],
+            metadata=_metadata(request, loaded),
+            steps=steps,
+        )
         built = target.build(job, stage)
-        if built.comparison is not None and not built.comparison.ok:
-            raise ExportError(f"the {request.target} artifact disagrees with PyTorch: {built.comparison.describe()}")
+        if built.comparison is None or not built.comparison.ok:
+            check = "no check ran" if built.comparison is None else built.comparison.describe()
+            raise ExportError(f"the {request.target} artifact is not verified against PyTorch: {check}")
         io = built.io or job.io
         body = {**_manifest_body(request, loaded, io, built, target.settings), **_chain_records(loaded, io, stage)}
         manifest = write_manifest(stage, body)
     return ExportResult(output, output / built.artifact, manifest, built.comparison, built.note, built.comparison_label)
 
 
+def _artifact_bytes(encoder: Any, settings: dict[str, str]) -> int:
+    """The artifact's weights at the target's precision: a lower bound of what it writes."""
+    width = 2 if settings.get("precision") in ("fp16", "bf16") else 4
+    return sum(p.numel() for p in encoder.parameters()) * width
+
+
 def _metadata(request: ExportRequest, loaded: LoadedEncoder) -> dict[str, str]:
     spec, plan = loaded.adapter.spec, loaded.encoder.plan
+    selection = {**plan.as_metadata(), "hiprune.deep_layer": str(plan.deep_layer)}
     return {
-        **plan.as_metadata(),
-        "hiprune.deep_layer": str(plan.deep_layer),
+        **(selection if plan.hiprune.prune else plan.hiprune.as_metadata()),
         "hiprune.grid": f"{spec.grid[0]}x{spec.grid[1]}",
         "hiprune.encoder": spec.family,
         "hiprune.source": loaded.source["source"],
@@ -163,12 +181,7 @@ def _manifest_body(
         "target": request.target,
         "artifact": built.artifact,
         "source": loaded.source,
-        "hiprune": {
-            **dataclasses.asdict(plan.hiprune),
-            "anchors": plan.view_anchors,
-            "keep_per_view": plan.view_keep,
-            "deep_layer": plan.deep_layer,
-        },
+        "hiprune": _hiprune_section(plan),
         "encoder": {
             "family": spec.family,
             "num_layers": spec.num_layers,
@@ -181,4 +194,16 @@ def _manifest_body(
         "target_options": target_settings,
         "target_details": built.details,
         "verification": None if built.comparison is None else dataclasses.asdict(built.comparison),
+    }
+
+
+def _hiprune_section(plan: Any) -> dict[str, Any]:
+    """The selection's settings; with ``--no-prune`` only ``prune: false`` (no budget was applied)."""
+    if not plan.hiprune.prune:
+        return {"prune": False}
+    return {
+        **dataclasses.asdict(plan.hiprune),
+        "anchors": plan.view_anchors,
+        "keep_per_view": plan.view_keep,
+        "deep_layer": plan.deep_layer,
     }

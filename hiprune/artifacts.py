@@ -3,62 +3,210 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
+import errno
+import glob
 import hashlib
 import json
 import os
 import platform
 import shutil
+import socket
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from hiprune.errors import OutputExistsError
+from hiprune.errors import ArtifactError, OutputError, OutputExistsError
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "hiprune-export/1"
+KNOWN_FORMATS = (MANIFEST_FORMAT,)
 VERSIONED_PACKAGES = ("hiprune-export", "torch", "transformers", "onnx", "onnxscript", "onnx-ir", "onnxruntime")
+STAGE_KINDS = ("partial", "old")  # .NAME.partial-*: an artifact being built; .NAME.old-*: one being replaced
+_HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+_FS_FAULTS = {
+    errno.ENOSPC: ("no space left on the device", "free space or pass --output on another filesystem"),
+    errno.EDQUOT: ("disk quota exceeded", "free space or pass --output on another filesystem"),
+    errno.EROFS: ("the filesystem is read-only", "pass --output on a writable filesystem"),
+    errno.EACCES: ("permission denied", "pass --output in a directory you can write to"),
+    errno.EPERM: ("operation not permitted", "pass --output in a directory you can write to"),
+    errno.ENOENT: ("it cannot be created there", "pass --output in an existing, writable directory"),
+    errno.ENOTDIR: ("a parent is a file, not a directory", "pass --output under a directory"),
+    errno.EBUSY: ("it is in use (a mount point or the working directory)", "pass a new directory as --output"),
+}
 
 
 def check_output_dir(output: Path, force: bool) -> None:
-    """Refuses an existing non-empty directory (or a file) unless ``force``."""
+    """Refuses a file, a non-empty directory (unless ``force``), the working directory or one of its ancestors,
+    and a path whose nearest existing parent is a file or not writable — before anything is loaded."""
+    here, target = Path.cwd().resolve(), output.resolve()
+    if here == target or target in here.parents:
+        raise OutputError(
+            f"--output {output} is the working directory or contains it; replacing it would pull the directory "
+            "you are in away; pass a new directory such as ./hiprune-out"
+        )
     if output.exists() and not output.is_dir():
         raise OutputExistsError(f"--output {output} is a file; pass a directory path")
     if output.is_dir() and any(output.iterdir()) and not force:
         raise OutputExistsError(
             f"--output {output} exists and is not empty; pass --force to replace it or choose another"
         )
+    anchor = nearest_existing(output.parent)
+    if not anchor.is_dir():
+        raise OutputError(f"--output {output}: {anchor} is a file, not a directory; pass --output under a directory")
+    if not os.access(anchor, os.W_OK | os.X_OK):
+        cause = "is on a read-only filesystem" if _read_only(anchor) else "is not writable by this user"
+        raise OutputError(f"--output {output}: {anchor} {cause}; pass --output in a directory you can write to")
+
+
+def nearest_existing(path: Path) -> Path:
+    """``path`` or its closest ancestor that exists (where the staging directory and missing parents go)."""
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _read_only(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def output_fault(
+    exc: OSError, output: Path, stage: Path | None = None, where: Path | None = None
+) -> OutputError | None:
+    """One line naming the path, the cause and the fix for a filesystem fault while writing ``output``; ``None``
+    where ``exc`` is not about the output (a file read elsewhere). Paths inside ``stage`` are named as they would
+    have been in ``output``."""
+    named = Path(exc.filename) if exc.filename else None
+    inside = stage is not None and named is not None and stage in (named.absolute(), *named.absolute().parents)
+    if exc.errno not in _FS_FAULTS or not (where or inside or exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS)):
+        return None
+    cause, fix = _FS_FAULTS[exc.errno]
+    if inside and named is not None and stage is not None:
+        named = output / named.absolute().relative_to(stage)
+    path = where or named or output
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        free = shutil.disk_usage(nearest_existing(path)).free
+        cause += f" ({free / 2**20:.1f} MiB free there)"
+    action = "cannot create a directory in" if where else "cannot write"
+    return OutputError(f"--output {output}: {action} {path}: {cause}; nothing was written; {fix}")
+
+
+def _stage_prefix(output: Path, kind: str) -> str:
+    return f".{output.name}.{kind}-{_HOST}-{os.getpid()}-"
+
+
+def remove_stale_stages(output: Path, anchor: Path) -> list[str]:
+    """Removes this host's ``.NAME.partial-*`` / ``.NAME.old-*`` directories whose process is gone; returns one
+    line per directory removed, or found but left because its owner cannot be told."""
+    said = []
+    for kind in STAGE_KINDS:
+        for path in sorted(anchor.glob(f".{glob.escape(output.name)}.{kind}-*")):
+            owner = path.name[len(f".{output.name}.{kind}-") :].split("-")
+            if len(owner) == 3 and owner[0] == _HOST and owner[1].isdigit():
+                if _alive(int(owner[1])):
+                    continue
+                shutil.rmtree(path, ignore_errors=True)
+                said.append(f"Removed {path}, left by an interrupted export (process {owner[1]} is gone).")
+            elif path.is_dir():
+                said.append(f"Found {path} from an interrupted export; remove it if no export is running.")
+    return said
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @contextlib.contextmanager
-def staged_output(output: Path, force: bool) -> Iterator[Path]:
-    """Yields an empty staging directory; on success it replaces ``output``, on error it is removed.
+def staged_output(output: Path, force: bool, notify: Callable[[str], None] | None = None) -> Iterator[Path]:
+    """Yields an empty staging directory; on success it replaces ``output``, on any error it is removed.
 
-    The staging directory sits beside ``output`` (or its nearest existing parent) so the final move is a rename.
+    The staging directory sits beside ``output`` (or its nearest existing parent) so the final move is a rename;
+    stale ones from interrupted exports are removed first (and ``notify`` says so). Filesystem faults become one
+    :class:`OutputError` naming the path, the cause and the fix.
     """
     check_output_dir(output, force)
-    anchor = output.parent
-    while not anchor.exists():
-        anchor = anchor.parent
-    stage = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=anchor))
+    anchor = nearest_existing(output.parent)
+    for line in remove_stale_stages(output, anchor):
+        (notify or (lambda _: None))(line)
+    try:
+        stage = Path(tempfile.mkdtemp(prefix=_stage_prefix(output, "partial"), dir=anchor))
+    except OSError as exc:
+        raise (output_fault(exc, output, where=anchor) or exc) from exc
     umask = os.umask(0)
     os.umask(umask)
     stage.chmod(0o777 & ~umask)
     try:
         yield stage
-        output.parent.mkdir(parents=True, exist_ok=True)
-        if output.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{output.name}.old-", dir=output.parent))
-            os.replace(output, trash / "old")
-            os.replace(stage, output)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(stage, output)
-    except BaseException:
+        _move_into_place(stage, output)
+    except BaseException as exc:
+        fault = _write_fault(exc, output, stage)
         shutil.rmtree(stage, ignore_errors=True)
+        if fault is not None:
+            raise fault from exc
         raise
+
+
+def ensure_space(stage: Path, needed: int, output: Path) -> None:
+    """Refuses before writing when the filesystem under ``stage`` has less than ``needed`` bytes free."""
+    free = shutil.disk_usage(stage).free
+    if free < needed:
+        raise OutputError(
+            f"--output {output}: the artifact needs at least {needed / 2**20:.1f} MiB and its filesystem has "
+            f"{free / 2**20:.1f} MiB free; free space or pass --output on another filesystem"
+        )
+
+
+def _write_fault(exc: BaseException, output: Path, stage: Path) -> OutputError | None:
+    """A filesystem fault behind ``exc``: by errno, or an errno-less write error (numpy's ``tofile``, which
+    onnx-ir saves weights with, drops ENOSPC's errno and reports "problem writing element N")."""
+    if not isinstance(exc, OSError):
+        return None
+    if (fault := output_fault(exc, output, stage=stage)) is not None:
+        return fault
+    if exc.errno is not None or "writ" not in str(exc).lower():
+        return None
+    try:
+        free = shutil.disk_usage(stage).free
+    except OSError:
+        return None
+    return OutputError(
+        f"--output {output}: writing the artifact failed ({str(exc).strip()}; {free / 2**20:.1f} MiB free on "
+        f"{nearest_existing(output.parent)}'s filesystem, likely full); nothing was written; "
+        "free space or pass --output on another filesystem"
+    )
+
+
+def _move_into_place(stage: Path, output: Path) -> None:
+    """Renames ``stage`` to ``output``; an existing ``output`` is moved aside first and restored on failure."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if not output.exists():
+        os.replace(stage, output)
+        return
+    trash = Path(tempfile.mkdtemp(prefix=_stage_prefix(output, "old"), dir=output.parent))
+    try:
+        os.replace(output, trash / "old")
+        try:
+            os.replace(stage, output)
+        except OSError:
+            os.replace(trash / "old", output)
+            raise
+    finally:
+        shutil.rmtree(trash, ignore_errors=True)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -102,3 +250,73 @@ def write_manifest(directory: Path, body: Mapping[str, Any]) -> dict[str, Any]:
 
 def read_manifest(directory: Path) -> dict[str, Any]:
     return json.loads((directory / MANIFEST).read_text())
+
+
+@dataclasses.dataclass(frozen=True)
+class Verified:
+    """An artifact directory that matched its manifest."""
+
+    directory: Path
+    files: int
+    bytes: int
+    full: bool
+    manifest: dict[str, Any]
+
+    def describe(self) -> str:
+        how = "sizes and sha256" if self.full else "sizes (--full also checks sha256)"
+        return f"ok: {self.directory} matches its manifest: {self.files} files, {self.bytes} bytes; checked {how}"
+
+
+def verify_artifact(directory: Path, full: bool = False) -> Verified:
+    """Checks an artifact directory against its manifest before anything uses it (after a copy between machines).
+
+    Every listed file must be present with the listed size, and with ``full`` the listed sha256; the manifest's
+    format must be one this version reads. Raises :class:`ArtifactError` with one line naming the first bad file
+    (and how many more there are).
+    """
+    directory = Path(directory)
+    manifest = _load_manifest(directory)
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        raise ArtifactError(f"{directory / MANIFEST} lists no files; re-export the artifact")
+    problems = [p for name, entry in files.items() if (p := _file_problem(directory, name, entry, full))]
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise ArtifactError(f"{problems[0]}{more}; copy the artifact directory again, or re-export it")
+    total = sum(int(entry["bytes"]) for entry in files.values())
+    return Verified(directory, len(files), total, full, manifest)
+
+
+def _load_manifest(directory: Path) -> dict[str, Any]:
+    if not directory.is_dir():
+        raise ArtifactError(f"{directory} is not a directory; pass the directory hiprune-export wrote")
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise ArtifactError(f"{path} is missing: not a hiprune-export artifact, or an incomplete copy")
+    try:
+        manifest = json.loads(path.read_text())
+    except (ValueError, OSError) as exc:
+        raise ArtifactError(f"{path} cannot be read ({exc}); copy the artifact directory again") from None
+    fmt = manifest.get("format") if isinstance(manifest, dict) else None
+    if fmt not in KNOWN_FORMATS:
+        raise ArtifactError(
+            f"{path} has format {fmt!r}; this version reads {', '.join(KNOWN_FORMATS)}; "
+            "re-export the artifact or use the hiprune-export that wrote it"
+        )
+    return manifest
+
+
+def _file_problem(directory: Path, name: str, entry: Any, full: bool) -> str | None:
+    path = directory / name
+    if Path(name).is_absolute() or ".." in Path(name).parts or not isinstance(entry, dict):
+        return f"{directory / MANIFEST} lists {name!r}, which is not a file inside the artifact"
+    if not path.is_file():
+        return f"{path} is missing"
+    size, want = path.stat().st_size, int(entry.get("bytes", -1))
+    if size < want:
+        return f"{path} is truncated: {size} of {want} bytes"
+    if size != want:
+        return f"{path} has {size} bytes; the manifest says {want}"
+    if full and sha256_file(path) != entry.get("sha256"):
+        return f"{path} is corrupt: its sha256 differs from the manifest's"
+    return None

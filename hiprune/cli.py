@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 import click
 
 from hiprune.config import DEFAULT_ALPHA, NEIGHBOR_MODES, Neighbors
-from hiprune.errors import HiPruneError
+from hiprune.errors import HiPruneError, one_line
 from hiprune.targets import OPTIONS, TARGETS
 
 if TYPE_CHECKING:
@@ -33,17 +33,27 @@ def target_options(command: F) -> F:
 
 
 def _run(action: Callable[[], Any], verbose: bool) -> Any:
-    """Runs ``action``; a HiPruneError becomes one line on stderr and its exit code (a traceback with --verbose)."""
+    """Runs ``action``; an error becomes one line on stderr and its exit code (a traceback with --verbose).
+
+    A HiPruneError exits with its own code; anything else is a bug here and exits 1, still as one line.
+    """
     try:
         return action()
     except HiPruneError as exc:
         if verbose:
             raise
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {one_line(exc)}", err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         click.echo("error: interrupted; nothing was written", err=True)
         sys.exit(130)
+    except Exception as exc:
+        if verbose:
+            raise
+        detail = one_line(exc)
+        detail = detail if detail == type(exc).__name__ else f"{type(exc).__name__}: {detail}"
+        click.echo(f"error: unexpected {detail}; rerun with --verbose for the traceback and report it", err=True)
+        sys.exit(1)
 
 
 @click.group(
@@ -165,18 +175,44 @@ def main(
 
 @main.command("build-engine")
 @click.argument("bundle_dir", type=click.Path(path_type=Path))
+@click.option(
+    "--verify",
+    "verify_level",
+    type=click.Choice(("sizes", "full")),
+    default="sizes",
+    show_default=True,
+    help="Check the bundle against its manifest first: file sizes, or sizes and sha256.",
+)
 @click.option("--verbose", is_flag=True, help="Show tracebacks on errors.")
-def build_engine_command(bundle_dir: Path, verbose: bool) -> None:
+def build_engine_command(bundle_dir: Path, verify_level: str, verbose: bool) -> None:
     """Build model.engine from a --target tensorrt bundle, on the device (TensorRT + GPU, or TensorRT-RTX)."""
 
     def action() -> Any:
+        from hiprune.artifacts import verify_artifact
         from hiprune.runtime.tensorrt_build import build_engine_from_bundle
 
+        verify_artifact(bundle_dir, full=verify_level == "full")
         return build_engine_from_bundle(bundle_dir)
 
     check, not_run = _run(action, verbose)
     verdict = check.describe() if check is not None else f"not run here ({not_run})"
     click.echo(f"built {bundle_dir / 'model.engine'}; engine vs ONNX Runtime: {verdict}")
+
+
+@main.command("verify")
+@click.argument("artifact_dir", type=click.Path(path_type=Path))
+@click.option("--sizes-only", is_flag=True, help="Compare file sizes only (fast); by default sha256 too.")
+@click.option("--verbose", is_flag=True, help="Show tracebacks on errors.")
+def verify_command(artifact_dir: Path, sizes_only: bool, verbose: bool) -> None:
+    """Check an artifact directory against its manifest (after copying it to a device): every file present,
+    sizes and sha256 as recorded, manifest format known. Exit 8 names the first bad file."""
+
+    def action() -> Any:
+        from hiprune.artifacts import verify_artifact
+
+        return verify_artifact(artifact_dir, full=not sizes_only)
+
+    click.echo(_run(action, verbose).describe())
 
 
 def _print_summary(console: Console, result: ExportResult) -> None:

@@ -60,11 +60,27 @@ class HiPruneConfig:
         if self.neighbors not in NEIGHBOR_MODES:
             raise ConfigError(f"--neighbors {self.neighbors!r} is not known; use one of: {', '.join(NEIGHBOR_MODES)}")
         if not self.prune:
+            self._check_no_prune()
             return
         if not 0.0 <= self.alpha <= 1.0:
             raise ConfigError(f"--alpha {self.alpha} is outside [0, 1]; pass a share of the budget such as 0.1")
         if self.keep < 1:
             raise ConfigError(f"--keep {self.keep} must be at least 1; pass the number of visual tokens to keep")
+
+    def _check_no_prune(self) -> None:
+        """``--no-prune`` keeps every token: a budget, alpha, object layer or neighbour mode would be recorded
+        but never applied, so any of them set away from its default is refused."""
+        default = HiPruneConfig()
+        given = [
+            f"--{field.name.replace('_', '-')} {getattr(self, field.name)}"
+            for field in dataclasses.fields(self)
+            if field.name != "prune" and getattr(self, field.name) != getattr(default, field.name)
+        ]
+        if given:
+            raise ConfigError(
+                f"{', '.join(given)} does not apply with --no-prune, which keeps every token; "
+                "drop it, or drop --no-prune to prune"
+            )
 
     def validate_for(self, num_tokens: int, views: int = 1) -> None:
         """All checks, against an encoder with ``num_tokens`` patch tokens (N) in each of ``views`` crops.
@@ -109,7 +125,9 @@ class HiPruneConfig:
             )
 
     def as_metadata(self) -> dict[str, str]:
-        """The settings as flat strings, for ONNX metadata_props and manifests."""
+        """The settings as flat strings, for ONNX metadata_props and manifests (``prune`` only without pruning)."""
+        if not self.prune:
+            return {"hiprune.prune": "false"}
         return {
             "hiprune.prune": str(self.prune).lower(),
             "hiprune.keep": str(self.keep),

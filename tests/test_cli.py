@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from onnx_ir.passes import PostconditionError
 
 from hiprune.cli import main
+from hiprune.errors import ExportError
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _invoke(args):
@@ -53,6 +60,9 @@ BAD_INPUTS = [
     (["--model", "{corrupt}"], r"cannot be read .*re-download"),
     (["--model", "{notvlm}"], r"model_type 'bert' is not a supported VLM; supported: LLaVA-1.5"),
     (["--output", "{existing}"], r"exists and is not empty; pass --force"),
+    (["--no-prune", "--keep", "3"], r"--keep 3 does not apply with --no-prune, which keeps every token; drop it"),
+    (["--no-prune", "--alpha", "0.5", "--object-layer", "2"], r"--alpha 0.5, --object-layer 2 does not apply"),
+    (["--no-prune", "--neighbors", "grid"], r"--neighbors grid does not apply with --no-prune"),
 ]
 
 
@@ -102,6 +112,93 @@ def test_unknown_target_lists_available():
     assert result.exit_code == 2 and "'onnx'" in result.stderr
 
 
+def _cli_process(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "hiprune.cli", *args], capture_output=True, text=True, cwd=REPO, timeout=300
+    )
+
+
 def test_verbose_shows_traceback(tmp_path):
-    result = _invoke(["--target", "onnx", "--keep", "4", "--model", str(tmp_path / "nope"), "--verbose"])
-    assert result.exit_code != 0 and result.exception is not None
+    """In a real process: --verbose prints the traceback of the error itself; without it, one line and exit 3."""
+    args = ["--target", "onnx", "--keep", "4", "--model", str(tmp_path / "nope")]
+    plain, verbose = _cli_process(*args), _cli_process(*args, "--verbose")
+    assert plain.returncode == 3 and plain.stderr.count("\n") == 1 and "Traceback" not in plain.stderr
+    assert verbose.returncode == 1
+    assert "Traceback (most recent call last)" in verbose.stderr
+    assert verbose.stderr.strip().splitlines()[-1].startswith("hiprune.errors.CheckpointError: ")
+
+
+def _errors(result):
+    """stderr's lines other than the ✓ progress lines (which precede a failure in a later step)."""
+    assert "Traceback" not in result.output
+    return [line for line in result.stderr.strip().splitlines() if not line.startswith("✓")]
+
+
+def _hooked_loader(monkeypatch, hook):
+    """Wraps the encoder loader so ``hook`` runs on the projector's output (export and checks use this encoder)."""
+    import hiprune.export.models as models
+
+    load = models.load_encoder
+
+    def loader(*args, **kwargs):
+        loaded = load(*args, **kwargs)
+        loaded.encoder.projector.register_forward_hook(lambda module, inputs, output: hook(output))
+        return loaded
+
+    monkeypatch.setattr(models, "load_encoder", loader)
+
+
+def test_artifact_that_disagrees_with_pytorch_is_refused(tiny_checkpoint, tmp_path, monkeypatch):
+    """The ONNX graph is traced without the hook's shift, PyTorch runs with it: the post-export gate must refuse."""
+    import torch
+
+    _hooked_loader(monkeypatch, lambda out: out if torch.compiler.is_exporting() else out + 0.5)
+    result = _invoke(
+        ["--target", "onnx", "--keep", "4", "--model", str(tiny_checkpoint()), "--output", str(tmp_path / "o")]
+    )
+    assert result.exit_code == 5, result.output
+    (line,) = _errors(result)
+    assert line.startswith("error: the onnx artifact is not verified against PyTorch: model.onnx on ONNX Runtime")
+    assert "FAILED image_embeds: max|Δ|" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_empty_exception_message_becomes_one_line(tiny_checkpoint, tmp_path, monkeypatch):
+    """``AssertionError()`` (no message, common inside torch) raised while tracing: one line, exit 5."""
+
+    def fail(out):
+        raise AssertionError()
+
+    _hooked_loader(monkeypatch, fail)
+    result = _invoke(
+        ["--target", "onnx", "--keep", "4", "--model", str(tiny_checkpoint()), "--output", str(tmp_path / "o")]
+    )
+    assert result.exit_code == 5, result.output
+    assert _errors(result) == ["error: torch.onnx.export failed: AssertionError; rerun with --verbose"]
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("planted", "expected"),
+    [
+        (ExportError("op table: TopK is planted here; fix it"), "error: op table: TopK is planted here; fix it"),
+        (
+            PostconditionError("graph value 'x' has shape [N]; expected static dimensions only"),
+            "error: the onnx export failed: PostconditionError: graph value 'x' has shape [N]; expected static "
+            "dimensions only; rerun with --verbose for the traceback",
+        ),
+    ],
+)
+def test_pass_errors_arrive_unwrapped(tiny_checkpoint, tmp_path, monkeypatch, planted, expected):
+    """A pass's error reaches the user as one line, though onnx-ir's PassManager wraps it in PassError."""
+    from hiprune.graphs.passes import StaticShapesPass
+
+    def call(self, model):
+        raise planted
+
+    monkeypatch.setattr(StaticShapesPass, "call", call)
+    result = _invoke(
+        ["--target", "onnx", "--keep", "4", "--model", str(tiny_checkpoint()), "--output", str(tmp_path / "o")]
+    )
+    assert result.exit_code == 5 and _errors(result) == [expected], result.stderr
+    assert list(tmp_path.iterdir()) == []

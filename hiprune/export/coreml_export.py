@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from hiprune.errors import ExportError
+from hiprune.errors import ExportError, innermost, one_line
 from hiprune.export.encoder import PrunedEncoder, example_input
 from hiprune.quiet import quiet
 from hiprune.selection import select_topk_form
@@ -22,7 +22,7 @@ def export_for_coreml(encoder: PrunedEncoder, batch: int) -> torch.export.Export
             program = torch.export.export(encoder, (example_input(encoder, batch),), strict=False)
             program = program.run_decompositions({torch.ops.hiprune.select.default: select_topk_form})
     except Exception as exc:
-        raise ExportError(f"torch.export failed: {str(exc).strip().splitlines()[0]}; rerun with --verbose") from exc
+        raise ExportError(f"torch.export failed: {one_line(innermost(exc))}; rerun with --verbose") from exc
     left = [n for n in program.graph.nodes if n.op == "call_function" and "hiprune" in str(n.target)]
     if left:
         raise ExportError(f"hiprune::select survived decomposition ({left[0].target}); Core ML cannot run it")

@@ -9,7 +9,7 @@ import onnx_ir as ir
 import torch
 
 from hiprune.contract import INPUT_NAMES, OUTPUT_NAMES
-from hiprune.errors import ExportError
+from hiprune.errors import ExportError, innermost, one_line
 from hiprune.export.encoder import PrunedEncoder, example_input
 from hiprune.graphs import select_op
 from hiprune.quiet import quiet
@@ -41,9 +41,7 @@ def export_to_ir(encoder: PrunedEncoder, batch: int) -> ir.Model:
                 verbose=False,
             )
     except Exception as exc:
-        raise ExportError(
-            f"torch.onnx.export failed: {str(exc).strip().splitlines()[0]}; rerun with --verbose"
-        ) from exc
+        raise ExportError(f"torch.onnx.export failed: {one_line(innermost(exc))}; rerun with --verbose") from exc
     if program is None:
         raise ExportError("torch.onnx.export returned no program; rerun with --verbose")
     return program.model

@@ -60,4 +60,4 @@ def check_on_ort(job: BuildJob, path: Path, tolerance: Tolerance) -> Comparison:
     pixel_values, reference = reference_outputs(job)
     with OrtRunner(path, contract=job.io) as runner:
         actual = runner.infer(job.io.feed(pixel_values))
-    return compare_outputs(reference, actual, tolerance)
+    return compare_outputs(reference, actual, tolerance, what=f"{path.name} on ONNX Runtime CPU vs PyTorch")

@@ -94,3 +94,7 @@ def test_no_prune_keeps_every_token(tiny_checkpoint, reference_model, tmp_path):
         got = runner.infer({"pixel_values": pixel_values.numpy()})
     np.testing.assert_array_equal(got["indices"], np.arange(16)[None])
     assert np.abs(got["image_embeds"] - want.numpy()).max() <= 1e-4
+    props = {p.key: p.value for p in model.metadata_props if p.key.startswith("hiprune.")}
+    assert props.get("hiprune.prune") == "false"
+    assert not {"hiprune.keep", "hiprune.alpha", "hiprune.anchors", "hiprune.object_layer"} & set(props)
+    assert result.manifest["hiprune"] == {"prune": False}
