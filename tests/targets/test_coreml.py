@@ -68,6 +68,20 @@ def test_package_spec(tiny_checkpoint, tmp_path, geometry, config, batch, precis
     assert meta["hiprune.compute_units"] == "all"
     assert all(d.shortDescription for d in (*spec.description.input, *spec.description.output))
     assert spec.specificationVersion == 8  # iOS17 / macOS14
+    ranked, linear = _mil_dtypes(spec)
+    assert ranked == ["FLOAT32", "FLOAT32"]  # anchors' and registers' topk rank fp32 scores at either precision
+    assert set(linear) == {"FLOAT16" if precision == "fp16" else "FLOAT32"}  # the trunk is in the package's precision
+
+
+def _mil_dtypes(spec):
+    """The dtypes topk ranks and linear layers produce, read from the saved MIL program's value types."""
+    ops = [
+        op for f in spec.mlProgram.functions.values() for b in f.block_specializations.values() for op in b.operations
+    ]
+    name = ct.proto.MIL_pb2.DataType.Name
+    produced = {out.name: name(out.type.tensorType.dataType) for op in ops for out in op.outputs}
+    ranked = [produced[op.inputs["x"].arguments[0].name] for op in ops if op.type == "topk"]
+    return ranked, [produced[op.outputs[0].name] for op in ops if op.type == "linear"]
 
 
 def test_mil_program_lowers_selection_to_core_ml_ops(tiny_checkpoint, tmp_path):
