@@ -23,5 +23,8 @@ def test_messages_name_k_alpha_a_and_n():
         HiPruneConfig(neighbors="diag").validate_static()
 
 
-def test_no_prune_ignores_the_budget():
-    HiPruneConfig(keep=10_000, prune=False).validate_for(576)
+def test_no_prune_refuses_pruning_settings_and_records_only_prune():
+    HiPruneConfig(prune=False).validate_for(576)
+    with pytest.raises(ConfigError, match=r"^--keep 10000 does not apply with --no-prune, which keeps every token"):
+        HiPruneConfig(keep=10_000, prune=False).validate_for(576)
+    assert HiPruneConfig(prune=False).as_metadata() == {"hiprune.prune": "false"}

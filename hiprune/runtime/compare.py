@@ -68,7 +68,7 @@ class Comparison:
         need = int(np.ceil(tol.min_overlap * self.kept - 1e-9))
         if self.kept_overlap < need:
             failed.append(
-                f"indices: an image shares only {self.kept_overlap} of {self.kept} kept tokens "
+                f"{INDICES}: an image shares only {self.kept_overlap} of {self.kept} kept tokens "
                 f"(Jaccard {self.min_jaccard:.3f}); at least {need} required"
             )
         embeds = []
@@ -79,7 +79,7 @@ class Comparison:
         if not self.min_cosine >= tol.min_cosine:
             embeds.append(f"min cosine {self.min_cosine:.6f} < {tol.min_cosine}")
         if embeds:
-            failed.append("image_embeds: " + ", ".join(embeds))
+            failed.append(f"{IMAGE_EMBEDS}: " + ", ".join(embeds))
         return failed
 
     @property
@@ -127,7 +127,7 @@ def compare_outputs(
         rows_act.append(act_emb[image, at_act])
     ref_rows, act_rows = np.concatenate(rows_ref), np.concatenate(rows_act)
     if not np.isfinite(act_emb).all():
-        problems.append("image_embeds: contains NaN or inf")
+        problems.append(f"{IMAGE_EMBEDS}: contains NaN or inf")
     max_abs, max_rel, min_cos = _embedding_errors(ref_rows, act_rows)
     return Comparison(
         what=what,
@@ -147,11 +147,11 @@ def compare_outputs(
 def _shape_problems(ref_idx: np.ndarray, act_idx: np.ndarray, ref_emb: np.ndarray, act_emb: np.ndarray) -> list[str]:
     problems = []
     if ref_idx.shape != act_idx.shape:
-        problems.append(f"indices: shape {act_idx.shape}, reference {ref_idx.shape}")
+        problems.append(f"{INDICES}: shape {act_idx.shape}, reference {ref_idx.shape}")
     if ref_emb.shape != act_emb.shape:
-        problems.append(f"image_embeds: shape {act_emb.shape}, reference {ref_emb.shape}")
+        problems.append(f"{IMAGE_EMBEDS}: shape {act_emb.shape}, reference {ref_emb.shape}")
     if not problems and (ref_idx.ndim != 2 or ref_emb.shape[:2] != ref_idx.shape):
-        problems.append(f"indices {ref_idx.shape} and image_embeds {ref_emb.shape} are not (B, K) and (B, K, D)")
+        problems.append(f"{INDICES} {ref_idx.shape} and {IMAGE_EMBEDS} {ref_emb.shape} are not (B, K) and (B, K, D)")
     return problems
 
 

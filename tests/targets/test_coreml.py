@@ -69,7 +69,7 @@ def test_package_spec(tiny_checkpoint, tmp_path, geometry, config, batch, precis
     assert all(d.shortDescription for d in (*spec.description.input, *spec.description.output))
     assert spec.specificationVersion == 8  # iOS17 / macOS14
     ranked, linear = _mil_dtypes(spec)
-    assert ranked == ["FLOAT32", "FLOAT32"]  # anchors' and registers' topk rank fp32 scores at either precision
+    assert ranked and set(ranked) == {"FLOAT32"}  # every topk ranks fp32 scores, at either precision
     assert set(linear) == {"FLOAT16" if precision == "fp16" else "FLOAT32"}  # the trunk is in the package's precision
 
 
