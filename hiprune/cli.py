@@ -226,7 +226,7 @@ def _print_summary(console: Console, result: ExportResult) -> None:
         table.add_row(key, value)
     console.print(table)
     if result.note:
-        console.print(result.note)
+        console.print(result.note, markup=False, highlight=False)  # notes quote paths and pip extras: '.[x]'
 
 
 if __name__ == "__main__":

@@ -137,7 +137,8 @@ class ValueNamesPass(InPlacePass):
 
     def call(self, model: ir.Model) -> PassResult:
         problems: list[str] = []
-        scopes = [("main graph", model.graph), *((f"function {f.name}", f) for f in model.functions.values())]
+        scopes: list[tuple[str, ir.Graph | ir.Function]] = [("main graph", model.graph)]
+        scopes += [(f"function {f.name}", f) for f in model.functions.values()]
         for scope, graph in scopes:
             problems += [f"{issue} in the {scope}" for issue in _name_problems(_scope_values(graph))]
         if problems:

@@ -206,6 +206,26 @@ def test_compatibility_pass_names_offenders(build, message):
         TensorRTCompatibilityPass()(build())
 
 
+def test_op_table_defers_to_a_real_parser():
+    """With a parser at hand the table's objection is recorded for the manifest, and the parser decides."""
+    findings: list[str] = []
+    model = _one_node_model("NonZero", [_vi("x", F, [4])], [_vi("y", I64, [1, 4])])
+    TensorRTCompatibilityPass(findings)(model)
+    assert len(findings) == 1 and "'planted_NonZero' (NonZero): output shape depends on the data" in findings[0]
+
+
+def test_engine_disagreement_is_an_error_with_both_numbers():
+    from hiprune.runtime.compare import TOLERANCES, compare_outputs
+    from hiprune.runtime.tensorrt_build import require_agreement
+
+    reference = {"image_embeds": np.zeros((1, 4, 8), np.float32), "indices": np.arange(4)[None]}
+    engine = {"image_embeds": np.full((1, 4, 8), 0.1, np.float32), "indices": np.arange(4)[None]}
+    check = compare_outputs(reference, engine, TOLERANCES[("tensorrt", "fp16")])
+    with pytest.raises(ExportError, match="the engine disagrees with ONNX Runtime beyond the tolerance") as info:
+        require_agreement(check)
+    assert check.describe() in str(info.value) and "1.00e-01" in str(info.value)
+
+
 @pytest.mark.parametrize("device", sorted(PROFILES))
 def test_scripts_carry_the_profile_flags(tmp_path, device):
     engine = EngineSettings.for_profile(device, "fp16")
