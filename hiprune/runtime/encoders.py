@@ -53,10 +53,11 @@ def open_runner(directory: Path, device: str = "cpu", encoder: str = "auto") -> 
     contract = IOContract.from_manifest(manifest)
     if artifact.suffix == ".onnx":
         return OrtRunner(artifact, providers=ort_providers(device, directory), contract=contract)
-    if artifact.suffix == ".engine":
-        from hiprune.runtime.tensorrt_runner import TrtEngineRunner
+    if artifact.suffix == ".engine":  # --device rtx engines are TensorRT-RTX's, the others TensorRT's
+        from hiprune.runtime.tensorrt_build import TENSORRT, TENSORRT_RTX, engine_runner
 
-        return TrtEngineRunner(artifact, contract=contract)
+        rtx = (manifest.get("target_options") or {}).get("device") == "rtx"
+        return engine_runner(artifact, TENSORRT_RTX if rtx else TENSORRT, contract)
     if artifact.suffix == ".mlpackage":
         from hiprune.runtime.coreml_runner import CoreMLRunner
 

@@ -272,7 +272,7 @@ def write_scripts(directory: Path, engine: EngineSettings) -> None:
         f"{IMAGE_EMBEDS}:{tolerance.atol}",
         f"{INDICES}:0",
         "--rtol",
-        f"{IMAGE_EMBEDS}:{getattr(tolerance, 'rtol', 0.0)}",
+        f"{IMAGE_EMBEDS}:{tolerance.rtol}",
         f"{INDICES}:0",
     ]
     compare = header + (
