@@ -25,6 +25,9 @@ class TensorSpec:
     dtype: np.dtype
 
 
+CROPS_HINT = " (the base view + the tiles of one grid pinpoint; export another pinpoint with --resolution)"
+
+
 class BaseRunner(abc.ABC):
     """Activate with ``with``; ``infer`` validates names, shapes and dtypes before running."""
 
@@ -56,7 +59,7 @@ class BaseRunner(abc.ABC):
             if tuple(value.shape) != spec.shape or value.dtype != spec.dtype:
                 raise HiPruneError(
                     f"input {spec.name!r} is {value.dtype}{list(value.shape)}; "
-                    f"the artifact takes {spec.dtype}{list(spec.shape)}"
+                    f"the artifact takes {spec.dtype}{list(spec.shape)}" + (CROPS_HINT if len(spec.shape) == 5 else "")
                 )
         start = time.perf_counter()
         out = self.infer_impl(feed)
