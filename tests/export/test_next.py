@@ -146,3 +146,24 @@ def test_paper_budget_and_default_pinpoint_on_the_7b_geometry():
     assert (resolved.view_keep, resolved.view_anchors, resolved.kept, resolved.deep_layer) == (64, 1, 320, 23)
     wide = adapter_for(config, "v1.6", EncoderOptions(resolution="336x672")).spec
     assert wide.crops.tiles == (1, 2) and plan_selection(HiPruneConfig(keep=640), wide).kept == 639
+
+
+
+def test_only_the_tower_up_to_the_feature_layer_and_the_projector_are_read():
+    from transformers import LlavaNextConfig
+
+    from hiprune.export.adapters import adapter_for
+
+    adapter = adapter_for(LlavaNextConfig(), "v1.6")
+    read = adapter.module_name
+    assert read("vision_tower.vision_model.encoder.layers.22.mlp.fc1.weight") is not None  # layer 23 of 24
+    assert read("model.multi_modal_projector.linear_2.weight") == "projector.linear_2.weight"
+    for name in (
+        "vision_tower.vision_model.encoder.layers.23.mlp.fc1.weight",  # after the feature layer
+        "vision_tower.vision_model.post_layernorm.weight",
+        "image_newline",
+        "model.image_newline",
+        "language_model.model.layers.0.mlp.up_proj.weight",
+        "model.language_model.embed_tokens.weight",
+    ):
+        assert read(name) is None, name
