@@ -10,7 +10,7 @@ from hiprune import __version__
 from hiprune.artifacts import check_output_dir, ensure_space, staged_output, write_manifest
 from hiprune.config import EncoderOptions, HiPruneConfig
 from hiprune.contract import IOContract
-from hiprune.errors import ConfigError, ExportError, HiPruneError, as_hiprune_error
+from hiprune.errors import ConfigError, ExportError, HiPruneError, ResourceError, as_hiprune_error
 from hiprune.progress import Steps
 from hiprune.runtime.compare import Comparison
 from hiprune.targets import BuildJob, BuildOutput, get_target
@@ -88,6 +88,10 @@ def export(request: ExportRequest, steps: Steps | None = None) -> ExportResult:
     if request.batch < 1:
         raise ConfigError(f"--batch {request.batch} must be at least 1; pass the number of images per call")
     request.hiprune.validate_static()
+    if request.allow_pickle and request.model is None:
+        raise ConfigError(
+            "--allow-pickle applies to a checkpoint given with --model (the default has no weights); drop it"
+        )
     output = request.output_dir()
     check_output_dir(output, request.force)
     target.check_available()
@@ -112,6 +116,7 @@ def _build(request: ExportRequest, target: Any, output: Path, steps: Steps) -> E
         with steps.step("Loading the vision tower and projector"):
             loaded = load_encoder(request.model, request.hiprune, request.allow_pickle, request.encoder)
         ensure_space(stage, _artifact_bytes(loaded.encoder, target.settings), output)
+        _check_memory(request, loaded)
         job = BuildJob(
             encoder=loaded.encoder,
             io=loaded.contract(request.batch),
@@ -127,6 +132,29 @@ def _build(request: ExportRequest, target: Any, output: Path, steps: Steps) -> E
         body = {**_manifest_body(request, loaded, io, built, target.settings), **_chain_records(loaded, io, stage)}
         manifest = write_manifest(stage, body)
     return ExportResult(output, output / built.artifact, manifest, built.comparison, built.note, built.comparison_label)
+
+
+def _check_memory(request: ExportRequest, loaded: LoadedEncoder) -> None:
+    """Refuses, before tracing, a batch whose export or check would need more memory than is available."""
+    from hiprune.export.memory import available_memory, estimate_memory
+
+    available = available_memory()
+    if available is None:
+        return
+    spec, vision = loaded.adapter.spec, getattr(loaded.adapter.config, "vision_config", None)
+    heads = getattr(vision, "num_attention_heads", None) or max(1, spec.feature_dim // 64)
+    intermediate = getattr(vision, "intermediate_size", None) or 4 * spec.feature_dim
+    weights = sum(p.numel() * p.element_size() for p in loaded.encoder.parameters())
+    estimate = estimate_memory(spec, request.batch, weights, heads, intermediate, request.target != "onnx")
+    if estimate.peak <= available:
+        return
+    largest = estimate.largest_batch(available)
+    fix = f"pass --batch {largest} or less" if largest else "even --batch 1 does not fit; free memory first"
+    raise ResourceError(
+        f"--batch {request.batch} needs about {_human(estimate.export)} to export and {_human(estimate.check)} for "
+        f"the post-export check, but {_human(available)} is available; the largest batch that fits is {largest}; "
+        f"{fix}"
+    )
 
 
 def _artifact_bytes(encoder: Any, settings: dict[str, str]) -> int:

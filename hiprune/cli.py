@@ -141,6 +141,7 @@ def main(
     hiprune-export build-engine BUNDLE_DIR        (on the device, for --target tensorrt bundles)
     """
     if ctx.invoked_subcommand is not None:
+        _run(lambda: _refuse_export_options(ctx), verbose)
         return
     if target is None:
         raise click.UsageError(f"Missing option '--target' (one of: {', '.join(sorted(TARGETS))}).")
@@ -173,6 +174,28 @@ def main(
     _print_summary(Console(), _run(action, verbose))
 
 
+def _refuse_export_options(ctx: click.Context) -> None:
+    """Export options given before a subcommand would be silently dropped: refused instead (``--verbose`` applies)."""
+    from hiprune.errors import ConfigError
+
+    source = click.core.ParameterSource.COMMANDLINE
+    given = [
+        param.opts[0] if isinstance(param, click.Option) and param.is_flag else f"{param.opts[0]} {ctx.params[name]}"
+        for param in ctx.command.params
+        if (name := param.name or "") != "verbose" and ctx.get_parameter_source(name) == source
+    ]
+    if given:
+        raise ConfigError(
+            f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to exports, not to "
+            f"`{ctx.invoked_subcommand}`; drop {'it' if len(given) == 1 else 'them'} or run the export on its own"
+        )
+
+
+def _verbose(local: bool) -> bool:
+    """``--verbose`` after the subcommand, or before it (the group's)."""
+    return local or bool(click.get_current_context().find_root().params.get("verbose"))
+
+
 @main.command("build-engine")
 @click.argument("bundle_dir", type=click.Path(path_type=Path))
 @click.option(
@@ -195,7 +218,7 @@ def build_engine_command(bundle_dir: Path, verify_level: str, verbose: bool) -> 
             verify_artifact(bundle_dir, full=verify_level == "full")
         return build_engine_from_bundle(bundle_dir)
 
-    check, not_run = _run(action, verbose)
+    check, not_run = _run(action, _verbose(verbose))
     verdict = check.describe() if check is not None else f"not run here ({not_run})"
     click.echo(f"built {bundle_dir / 'model.engine'}; engine vs ONNX Runtime: {verdict}")
 
@@ -213,7 +236,7 @@ def verify_command(artifact_dir: Path, sizes_only: bool, verbose: bool) -> None:
 
         return verify_artifact(artifact_dir, full=not sizes_only)
 
-    click.echo(_run(action, verbose).describe())
+    click.echo(_run(action, _verbose(verbose)).describe())
 
 
 def _print_summary(console: Console, result: ExportResult) -> None:

@@ -222,3 +222,21 @@ def test_error_inside_staging_leaves_nothing(tmp_path):
             (stage / "part").write_text("x")
             raise OutputError("boom")
     assert list(tmp_path.iterdir()) == []
+
+
+# --- the memory estimate, against peaks measured on this repository's machine (export/memory.py's docstring) ---
+
+
+def test_memory_estimate_covers_measured_peaks_without_refusing_sane_batches():
+    from hiprune.export.adapters import EncoderSpec
+    from hiprune.export.memory import estimate_memory
+
+    default = EncoderSpec("llava", (336, 336), 24, 23, 9, (24, 24), 1024, 4096)
+    tiny = EncoderSpec("llava", (32, 32), 4, 3, 1, (4, 4), 32, 48)
+    # measured check slopes: 60.7 MiB per image (default, batches 1 and 3); 57-67 KiB per image (tiny, 1k to 64k)
+    big = estimate_memory(default, 1, 1_200_000_000, heads=16, intermediate=4096)
+    small = estimate_memory(tiny, 65536, 600_000, heads=4, intermediate=64)
+    assert 60.7 * 2**20 <= big.check_per_image <= 4 * 60.7 * 2**20
+    assert 67 * 2**10 <= small.check_per_image <= 4 * 67 * 2**10
+    assert small.check >= 3821 * 2**20  # the measured check peak at batch 65,536 (3.8 GiB above the loaded process)
+    assert big.largest_batch(16 * 2**30) >= 64  # a 16 GiB machine still exports the default model at batch 64

@@ -203,3 +203,45 @@ def test_pass_errors_arrive_unwrapped(tiny_checkpoint, tmp_path, monkeypatch, pl
     )
     assert result.exit_code == 5 and _errors(result) == [expected], result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "message", "code"),
+    [
+        (
+            ["--precision", "int8", "build-engine", "{tmp}"],
+            "--precision int8 applies to exports, not to `build-engine`",
+            2,
+        ),
+        (["--keep", "3", "--no-prune", "verify", "{tmp}"], "--keep 3, --no-prune apply to exports, not to `verify`", 2),
+        (["--allow-pickle", "--target", "onnx"], "--allow-pickle applies to a checkpoint given with --model", 2),
+    ],
+)
+def test_options_where_they_do_not_apply(tmp_path, monkeypatch, args, message, code):
+    monkeypatch.chdir(tmp_path)
+    result = _invoke([a.format(tmp=tmp_path) for a in args])
+    (line,) = _errors(result)
+    assert result.exit_code == code and line.startswith(f"error: {message}"), result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_verbose_before_a_subcommand_applies(tmp_path):
+    result = _invoke(["--verbose", "verify", str(tmp_path / "nope")])
+    assert type(result.exception).__name__ == "ArtifactError"  # raised for a traceback, not turned into exit 8
+
+
+def test_memory_refusal_is_quick_and_small(tiny_checkpoint, tmp_path):
+    """A batch that cannot fit is refused before tracing: one line, exit 7, the process stays small."""
+    script = (
+        "import resource, subprocess, sys; "
+        f"run = subprocess.run([sys.executable, '-m', 'hiprune.cli', '--target', 'onnx', '--keep', '4', '--model', "
+        f"{str(tiny_checkpoint())!r}, '--batch', '10000000', '--output', {str(tmp_path / 'o')!r}], "
+        "capture_output=True, text=True); "
+        "print(run.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); print(run.stderr)"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=300)
+    code, max_rss_kib = map(int, done.stdout.splitlines()[0].split())
+    errors = [line for line in done.stdout.splitlines()[1:] if line.startswith("error:")]
+    assert code == 7 and len(errors) == 1 and "the largest batch that fits is" in errors[0], done.stdout
+    assert max_rss_kib < 1.5 * 2**20  # KiB: the loaded tiny model, never the batch
+    assert list(tmp_path.iterdir()) == []
