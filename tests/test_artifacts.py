@@ -240,3 +240,13 @@ def test_memory_estimate_covers_measured_peaks_without_refusing_sane_batches():
     assert 67 * 2**10 <= small.check_per_image <= 4 * 67 * 2**10
     assert small.check >= 3821 * 2**20  # the measured check peak at batch 65,536 (3.8 GiB above the loaded process)
     assert big.largest_batch(16 * 2**30) >= 64  # a 16 GiB machine still exports the default model at batch 64
+
+
+def test_runners_verify_the_artifact_first(artifact, tmp_path):
+    from hiprune.runtime.encoders import open_runner
+
+    copy = _copy(artifact, tmp_path)
+    with (copy / "model.onnx.data").open("r+b") as handle:
+        handle.truncate(100)
+    with pytest.raises(ArtifactError, match=r"model.onnx.data is truncated: 100 of \d+ bytes"):
+        open_runner(copy)

@@ -39,12 +39,16 @@ def load_artifact_manifest(directory: Path) -> dict[str, Any]:
         raise CheckpointError(f"artifact {directory}: {MANIFEST} is not valid JSON ({exc}); re-export it") from None
 
 
-def open_runner(directory: Path, device: str = "cpu", encoder: str = "auto") -> BaseRunner:
-    """The runner for an artifact directory (not yet activated: use it with ``with``)."""
+def open_runner(directory: Path, device: str = "cpu", encoder: str = "auto", verify: str = "sizes") -> BaseRunner:
+    """The runner for an artifact directory (not yet activated: use it with ``with``), after checking the directory
+    against its manifest (``verify``: ``sizes`` or ``full`` for sha256 too; a copy may be truncated)."""
+    from hiprune.artifacts import verify_artifact
+
     if encoder not in ENCODER_CHOICES:
         raise ConfigError(f"--encoder {encoder!r} is unknown; choose one of {', '.join(ENCODER_CHOICES)}")
     directory = Path(directory)
     manifest = load_artifact_manifest(directory)
+    verify_artifact(directory, full=verify == "full")
     if encoder.startswith("torch"):
         return TorchEncoderRunner(manifest, device, cuda_graph=encoder == "torch")
     artifact = directory / manifest["artifact"]
