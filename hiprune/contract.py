@@ -57,6 +57,16 @@ class IOContract:
     indices_dtype: str = "int64"
 
     @property
+    def image_size(self) -> tuple[int, int]:
+        """(H, W) of one view."""
+        return self.image_shape[-2], self.image_shape[-1]
+
+    @property
+    def views(self) -> int:
+        """Views per image: 1, or the base view + tiles of a LLaVA-NeXT artifact."""
+        return self.image_shape[0] if len(self.image_shape) == 4 else 1
+
+    @property
     def inputs(self) -> tuple[TensorInfo, ...]:
         return (TensorInfo(PIXEL_VALUES, (self.batch, *self.image_shape), "float32"),)
 

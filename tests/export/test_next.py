@@ -167,3 +167,11 @@ def test_only_the_tower_up_to_the_feature_layer_and_the_projector_are_read():
         "model.language_model.embed_tokens.weight",
     ):
         assert read(name) is None, name
+
+
+def test_contract_from_the_manifest_knows_the_views(tiny_checkpoint, tmp_path):
+    from hiprune.contract import IOContract
+
+    result = _export(tiny_checkpoint(tower="next"), tmp_path, "32x96", keep=8, alpha=0.5)
+    io = IOContract.from_manifest(result.manifest)
+    assert (io.views, io.image_size, io.image_shape, io.kept, io.num_tokens) == (4, (32, 32), (4, 3, 32, 32), 8, 64)
