@@ -93,7 +93,7 @@ def output_fault(
     path = where or named or output
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         free = shutil.disk_usage(nearest_existing(path)).free
-        cause += f" ({free / 2**20:.1f} MiB free there)"
+        cause += f" ({_size(free)} free there)"
     action = "cannot create a directory in" if where else "cannot write"
     return OutputError(f"--output {output}: {action} {path}: {cause}; nothing was written; {fix}")
 
@@ -166,9 +166,13 @@ def ensure_space(stage: Path, needed: int, output: Path) -> None:
     free = shutil.disk_usage(stage).free
     if free < needed:
         raise OutputError(
-            f"--output {output}: the artifact needs at least {needed / 2**20:.1f} MiB and its filesystem has "
-            f"{free / 2**20:.1f} MiB free; free space or pass --output on another filesystem"
+            f"--output {output}: the artifact needs at least {_size(needed)} and its filesystem has {_size(free)} "
+            "free; free space or pass --output on another filesystem"
         )
+
+
+def _size(size: int) -> str:
+    return f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size / 2**10:.0f} KiB"
 
 
 def _write_fault(exc: BaseException, output: Path, stage: Path) -> OutputError | None:
@@ -185,7 +189,7 @@ def _write_fault(exc: BaseException, output: Path, stage: Path) -> OutputError |
     except OSError:
         return None
     return OutputError(
-        f"--output {output}: writing the artifact failed ({str(exc).strip()}; {free / 2**20:.1f} MiB free on "
+        f"--output {output}: writing the artifact failed ({str(exc).strip()}; {_size(free)} free on "
         f"{nearest_existing(output.parent)}'s filesystem, likely full); nothing was written; "
         "free space or pass --output on another filesystem"
     )
