@@ -15,12 +15,17 @@ SPECIALS = ("<unk>", "<s>", "</s>")  # ids 0, 1, 2 as in Llama
 IMAGE_TOKEN = "<image>"
 
 
-def default_image_processor() -> Any:
-    """LLaVA-1.5's CLIP preprocessing: shortest edge 336 (bicubic), centre crop 336, CLIP mean/std."""
+def clip_image_processor_class() -> Any:
+    """CLIP's image processor class on the PIL backend (no torchvision needed)."""
     import transformers
 
-    # transformers 5 splits the PIL backend out (no torchvision needed); earlier releases have one class
-    processor = getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
+    # transformers 5 splits the PIL backend out; earlier releases have one class
+    return getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
+
+
+def default_image_processor() -> Any:
+    """LLaVA-1.5's CLIP preprocessing: shortest edge 336 (bicubic), centre crop 336, CLIP mean/std."""
+    processor = clip_image_processor_class()
     size = DEFAULT_IMAGE_SIZE
     return processor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
 

@@ -39,6 +39,9 @@ def load_artifact_manifest(directory: Path) -> dict[str, Any]:
         raise CheckpointError(f"artifact {directory}: {MANIFEST} is not valid JSON ({exc}); re-export it") from None
 
 
+VERIFY_CHOICES = ("sizes", "full")  # what open_runner checks against the manifest first
+
+
 def open_runner(directory: Path, device: str = "cpu", encoder: str = "auto", verify: str = "sizes") -> BaseRunner:
     """The runner for an artifact directory (not yet activated: use it with ``with``), after checking the directory
     against its manifest (``verify``: ``sizes`` or ``full`` for sha256 too; a copy may be truncated)."""
@@ -46,6 +49,8 @@ def open_runner(directory: Path, device: str = "cpu", encoder: str = "auto", ver
 
     if encoder not in ENCODER_CHOICES:
         raise ConfigError(f"--encoder {encoder!r} is unknown; choose one of {', '.join(ENCODER_CHOICES)}")
+    if verify not in VERIFY_CHOICES:
+        raise ConfigError(f"verify={verify!r} is unknown; choose one of {', '.join(VERIFY_CHOICES)}")
     directory = Path(directory)
     manifest = load_artifact_manifest(directory)
     verify_artifact(directory, full=verify == "full")

@@ -15,9 +15,9 @@ TINY_IMAGE_TOKEN_ID = TINY_VOCAB - 1
 
 def add_text_side(directory: Path) -> Path:
     """Adds a character-level tokenizer (``<image>`` = config.image_token_id) and a CLIP processor to a checkpoint."""
-    from transformers import AutoConfig, CLIPImageProcessorPil
+    from transformers import AutoConfig
 
-    from hiprune.runtime.defaults import build_char_tokenizer
+    from hiprune.runtime.defaults import build_char_tokenizer, clip_image_processor_class
 
     config = AutoConfig.from_pretrained(directory)
     config.image_token_id = TINY_IMAGE_TOKEN_ID
@@ -25,7 +25,7 @@ def add_text_side(directory: Path) -> Path:
     config.save_pretrained(directory)
     build_char_tokenizer(TINY_VOCAB, TINY_IMAGE_TOKEN_ID).save_pretrained(directory)
     size = config.vision_config.image_size
-    processor = CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+    processor = clip_image_processor_class()(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
     processor.save_pretrained(directory)
     return directory
 
