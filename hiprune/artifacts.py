@@ -232,21 +232,26 @@ def library_versions() -> dict[str, str]:
 GENERATED_KEYS = ("format", "created", "versions", "files")  # what write_manifest adds to a body
 
 
-def write_manifest(directory: Path, body: Mapping[str, Any]) -> dict[str, Any]:
+def write_manifest(
+    directory: Path, body: Mapping[str, Any], files: Mapping[str, Mapping[str, Any]] | None = None
+) -> dict[str, Any]:
     """Writes ``manifest.json``: ``body`` plus versions, time and the sha256/size of every other file.
 
     Returns the manifest as written. A ``body`` that is an earlier manifest has its generated keys renewed.
+    ``files`` replaces the hashing of the directory with given entries: a manifest that adds files to an
+    artifact keeps the entries recorded at export, so a file corrupted since still fails ``verify``.
     """
-    files = {}
-    for path in sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST):
-        rel = path.relative_to(directory).as_posix()
-        files[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+    if files is None:
+        files = {
+            path.relative_to(directory).as_posix(): {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+            for path in sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST)
+        }
     manifest = {
         "format": MANIFEST_FORMAT,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         **{key: value for key, value in body.items() if key not in GENERATED_KEYS},
         "versions": library_versions(),
-        "files": files,
+        "files": {name: dict(files[name]) for name in sorted(files)},
     }
     (directory / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest

@@ -12,6 +12,7 @@ import dataclasses
 import importlib
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from hiprune.artifacts import MANIFEST, read_manifest, write_manifest
-from hiprune.contract import PIXEL_VALUES, IOContract
-from hiprune.errors import BackendUnavailableError, ConfigError, ExportError
+from hiprune.artifacts import MANIFEST, read_manifest, sha256_file, write_manifest
+from hiprune.contract import IMAGE_EMBEDS, INDICES, PIXEL_VALUES, IOContract
+from hiprune.errors import ArtifactError, BackendUnavailableError, ConfigError, ExportError
 from hiprune.runtime.compare import TOLERANCES, Comparison, compare_outputs
 from hiprune.runtime.runners import BaseRunner, OrtRunner
 
@@ -35,6 +36,9 @@ MODEL_FILE = "model.onnx"
 ENGINE_FILE = "model.engine"
 TIMING_CACHE = "timing.cache"
 CHECK_SEED = 1  # compare.sh's data loader draws the same input
+CHECK_REFERENCE = "check_reference.npz"  # bf16 bundles: the fp32 module's outputs on the check input
+REFERENCE_PRECISIONS = ("bf16",)  # graphs ONNX Runtime's CPU provider cannot run (no bf16 kernels)
+BUILD_INPUTS = (MODEL_FILE, f"{MODEL_FILE}.data", CHECK_REFERENCE)  # what build-engine reads from a bundle
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,21 +200,82 @@ def engine_runner(engine_path: Path, backend: str, io: IOContract | None = None)
     return TrtEngineRunner(engine_path, io)
 
 
+def save_check_reference(path: Path, feed: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> None:
+    """Writes the check input and the fp32 module's outputs on it (``check_reference.npz``)."""
+    np.savez(path, **feed, **outputs)
+
+
+def load_check_reference(path: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(feed, reference outputs) from ``check_reference.npz``; a missing file is a one-line error."""
+    if not path.is_file():
+        raise ArtifactError(
+            f"{path} is missing: ONNX Runtime's CPU provider has no bf16 kernels, so a bf16 engine is checked "
+            "against the fp32 outputs the export records there; re-export the bundle with this hiprune-export"
+        )
+    with np.load(path) as saved:
+        return {PIXEL_VALUES: saved[PIXEL_VALUES]}, {name: saved[name] for name in (IMAGE_EMBEDS, INDICES)}
+
+
 def check_engine(
     onnx_path: Path, engine_path: Path, backend: str, precision: str, io: IOContract | None = None
 ) -> Comparison:
-    """The engine against ONNX Runtime (CPU) on the same graph and input, with the target's tolerance."""
+    """The engine against a reference on the check input, with the target's tolerance for ``precision``.
+
+    The reference is ONNX Runtime (CPU) on the same graph; for bf16, which ONNX Runtime's CPU provider cannot
+    run, it is the fp32 module's outputs the export recorded beside the graph (``check_reference.npz``).
+    """
+    tolerance = TOLERANCES[("tensorrt", precision)]
+    if precision in REFERENCE_PRECISIONS:
+        feed, want = load_check_reference(onnx_path.with_name(CHECK_REFERENCE))
+        with engine_runner(engine_path, backend, io) as engine:
+            got = engine.infer(feed)
+        return compare_outputs(want, got, tolerance, what=f"{engine_path.name} vs PyTorch fp32 ({CHECK_REFERENCE})")
     with OrtRunner(onnx_path, contract=io) as ort_runner, engine_runner(engine_path, backend, io) as engine:
         spec = next(s for s in ort_runner.input_specs() if s.name == PIXEL_VALUES)
         feed = {PIXEL_VALUES: check_input(spec.shape)}
         want, got = ort_runner.infer(feed), engine.infer(feed)
-    return compare_outputs(want, got, TOLERANCES[("tensorrt", precision)])
+    return compare_outputs(want, got, tolerance, what=f"{engine_path.name} vs {onnx_path.name} on ONNX Runtime CPU")
 
 
 def require_agreement(check: Comparison) -> None:
-    """An engine that disagrees with ONNX Runtime beyond the tolerance is an error, never a note."""
+    """An engine that disagrees with its reference beyond the tolerance is an error, never a note."""
     if not check.ok:
-        raise ExportError(f"the engine disagrees with ONNX Runtime beyond the tolerance: {check.describe()}")
+        raise ExportError(f"the engine disagrees with its reference beyond the tolerance: {check.describe()}")
+
+
+def judge_saved_outputs(engine_outputs: Path, reference: Path, precision: str) -> Comparison:
+    """``compare.sh``'s verdict: the engine's saved outputs against the reference's, judged by
+    :func:`compare_outputs` with the target's tolerance (the one comparison every check uses).
+
+    Each side is a Polygraphy ``--save-outputs`` file (one runner, one iteration) or ``check_reference.npz``.
+    """
+    what = f"{engine_outputs.name} vs {reference.name}"
+    tolerance = TOLERANCES[("tensorrt", precision)]
+    return compare_outputs(_saved_outputs(reference), _saved_outputs(engine_outputs), tolerance, what=what)
+
+
+def _saved_outputs(path: Path) -> dict[str, np.ndarray]:
+    if path.suffix == ".npz":
+        return load_check_reference(path)[1]
+    from polygraphy.comparator import RunResults  # compare.sh runs where Polygraphy is installed
+
+    ((_, iterations),) = RunResults.load(str(path)).items()
+    return {name: np.asarray(iterations[0][name]) for name in (IMAGE_EMBEDS, INDICES)}
+
+
+def main(argv: list[str]) -> int:
+    """``python -m hiprune.runtime.tensorrt_build ENGINE_OUTPUTS REFERENCE PRECISION`` (compare.sh's last step):
+    prints the verdict; exit 1 when the engine fails the tolerance."""
+    from hiprune.errors import HiPruneError
+
+    engine_outputs, reference, precision = argv
+    try:
+        check = judge_saved_outputs(Path(engine_outputs), Path(reference), precision)
+    except HiPruneError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    print(check.describe())
+    return 0 if check.ok else 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -262,6 +327,9 @@ def build_engine_from_bundle(directory: Path) -> tuple[Comparison | None, str | 
     """
     settings = bundle_settings(directory)
     missing = _run_missing(settings.backend)
+    require_recorded_inputs(directory)
+    if missing is None and settings.precision in REFERENCE_PRECISIONS:
+        load_check_reference(directory / CHECK_REFERENCE)  # refused before the build, not after it
     stage = Path(tempfile.mkdtemp(prefix=".build-engine.partial-", dir=directory))
     try:
         cache = stage / TIMING_CACHE
@@ -280,12 +348,28 @@ def build_engine_from_bundle(directory: Path) -> tuple[Comparison | None, str | 
             io = IOContract.from_manifest(read_manifest(directory))
             check = check_engine(directory / MODEL_FILE, stage / ENGINE_FILE, settings.backend, settings.precision, io)
             require_agreement(check)
-        for produced in stage.iterdir():
-            os.replace(produced, directory / produced.name)
+        produced = sorted(path.name for path in stage.iterdir())
+        for name in produced:
+            os.replace(stage / name, directory / name)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-    _record_engine(directory, info, check, missing)
+    _record_engine(directory, info, check, missing, produced)
     return check, missing
+
+
+def require_recorded_inputs(directory: Path) -> None:
+    """The files the build reads must be byte for byte those the export checked (sha256 as recorded): an
+    engine built from a corrupted copy would pass its check, run against the same corrupted graph."""
+    files = read_manifest(directory).get("files") or {}
+    for name in (n for n in BUILD_INPUTS if n in files):
+        path = directory / name
+        if not path.is_file():
+            raise ArtifactError(f"{path} is missing; copy the bundle again, or re-export it")
+        if sha256_file(path) != files[name].get("sha256"):
+            raise ArtifactError(
+                f"{path} is corrupt: its sha256 differs from the manifest's; no engine was built; "
+                "copy the bundle again, or re-export it"
+            )
 
 
 def _run_missing(backend: str) -> str | None:
@@ -301,8 +385,15 @@ def _run_missing(backend: str) -> str | None:
     return tensorrt_rtx_runtime_missing()
 
 
-def _record_engine(directory: Path, info: EngineBuild, check: Comparison | None, missing: str | None) -> None:
+def _record_engine(
+    directory: Path, info: EngineBuild, check: Comparison | None, missing: str | None, produced: list[str]
+) -> None:
+    """Records the engine; the export's file entries are kept as recorded and only ``produced`` is hashed,
+    so a bundle file corrupted since the export still fails ``verify`` afterwards."""
     manifest = read_manifest(directory)
+    files = {name: entry for name, entry in (manifest.get("files") or {}).items() if name not in produced}
+    for name in produced:
+        files[name] = {"sha256": sha256_file(directory / name), "bytes": (directory / name).stat().st_size}
     details = manifest.setdefault("target_details", {})
     details.update(
         engine_built=True,
@@ -311,4 +402,8 @@ def _record_engine(directory: Path, info: EngineBuild, check: Comparison | None,
         engine_check=dataclasses.asdict(check) if check is not None else f"not run: {missing}",
     )
     manifest["artifact"] = ENGINE_FILE
-    write_manifest(directory, manifest)
+    write_manifest(directory, manifest, files=files)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
