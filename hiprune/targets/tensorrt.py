@@ -6,7 +6,7 @@ its score chains and layernorms kept fp32 (``hiprune.graphs.precision``). Where 
 ONNX parser and builder judge the written graph (they need no GPU), so a bundle's ``model.onnx`` is one a real
 TensorRT has just built. ``--device rtx`` keeps that TensorRT-RTX engine as ``model.engine``; the other devices
 build with TensorRT proper where it and a GPU are here, and otherwise write a bundle: ``model.onnx``,
-``build_engine.sh`` (trtexec, same settings), ``compare.sh`` (Polygraphy, engine vs ONNX Runtime) and
+``build_engine.sh`` (trtexec, same settings), ``compare.sh`` (Polygraphy runs, hiprune's comparison judges) and
 ``manifest.json``, which ``hiprune-export build-engine DIR`` reads on the device.
 """
 
