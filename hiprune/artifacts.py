@@ -272,7 +272,7 @@ class Verified:
     manifest: dict[str, Any]
 
     def describe(self) -> str:
-        how = "sizes and sha256" if self.full else "sizes (--full also checks sha256)"
+        how = "sizes and sha256" if self.full else "sizes (without --sizes-only, verify checks sha256 too)"
         return f"ok: {self.directory} matches its manifest: {self.files} files, {self.bytes} bytes; checked {how}"
 
 

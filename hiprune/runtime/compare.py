@@ -128,6 +128,7 @@ def compare_outputs(
     ref_rows, act_rows = np.concatenate(rows_ref), np.concatenate(rows_act)
     if not np.isfinite(act_emb).all():
         problems.append(f"{IMAGE_EMBEDS}: contains NaN or inf")
+    problems += _order_problems(act_idx) + _unshared_problems(ref_emb, act_emb, ref_idx, act_idx, tolerance)
     max_abs, max_rel, min_cos = _embedding_errors(ref_rows, act_rows)
     return Comparison(
         what=what,
@@ -153,6 +154,31 @@ def _shape_problems(ref_idx: np.ndarray, act_idx: np.ndarray, ref_emb: np.ndarra
     if not problems and (ref_idx.ndim != 2 or ref_emb.shape[:2] != ref_idx.shape):
         problems.append(f"{INDICES} {ref_idx.shape} and {IMAGE_EMBEDS} {ref_emb.shape} are not (B, K) and (B, K, D)")
     return problems
+
+
+def _order_problems(act_idx: np.ndarray) -> list[str]:
+    """The contract's order: every image's kept indices are non-negative and strictly ascending (raster order)."""
+    if (act_idx < 0).any():
+        return [f"{INDICES}: negative index {int(act_idx.min())}"]
+    if act_idx.shape[-1] > 1 and not (np.diff(act_idx, axis=-1) > 0).all():
+        return [f"{INDICES}: not strictly ascending in every image (duplicates or out of raster order)"]
+    return []
+
+
+def _unshared_problems(
+    ref_emb: np.ndarray, act_emb: np.ndarray, ref_idx: np.ndarray, act_idx: np.ndarray, tolerance: Tolerance
+) -> list[str]:
+    """Tokens only the actual side kept have no reference row; they must at least stay at the reference's scale."""
+    unshared = ~np.stack([np.isin(act_idx[i], ref_idx[i]) for i in range(act_idx.shape[0])])
+    if not unshared.any() or not np.isfinite(act_emb).all():
+        return []
+    bound = float(np.abs(ref_emb).max()) * (1 + tolerance.rtol) + tolerance.atol
+    largest = float(np.abs(act_emb[unshared]).max())
+    if largest > bound:
+        return [
+            f"{IMAGE_EMBEDS}: a token only this side kept reaches {largest:.2e}, beyond the reference scale {bound:.2e}"
+        ]
+    return []
 
 
 def _embedding_errors(ref_rows: np.ndarray, act_rows: np.ndarray) -> tuple[float, float, float]:

@@ -56,7 +56,7 @@ def test_every_failing_output_is_named_and_nan_fails():
     reference = _outputs(features, indices)
     noisy = _outputs(features + np.random.default_rng(1).normal(0, 0.05, features.shape), indices[::-1].copy())
     failures = compare_outputs(reference, noisy, FP16).failures()
-    assert [f.split(":")[0] for f in failures] == ["indices", "image_embeds"]
+    assert {f.split(":")[0] for f in failures} == {"indices", "image_embeds"}
     nan = _outputs(features, indices)
     nan["image_embeds"][0, 3, 0] = np.nan
     assert not compare_outputs(reference, nan, FP16).ok
@@ -77,3 +77,38 @@ def test_fp32_row_passes_its_own_gates():
     check = compare_outputs(reference, close, FP32, what="model.onnx vs PyTorch")
     assert check.ok and check.indices_equal
     assert check.describe().startswith("model.onnx vs PyTorch: indices equal, embeds max|Δ| 1.00e-06")
+
+
+def test_every_image_must_meet_the_overlap():
+    """Image 0 exact, image 1 keeps a disjoint set: the batch fails on image 1 whatever image 0 does."""
+    features, indices = _reference(batch=2, tokens=200, keep=16)
+    reference = _outputs(features, indices)
+    disjoint = indices.copy()
+    disjoint[1] = np.setdiff1d(np.arange(200), indices[1])[:16]
+    check = compare_outputs(reference, _outputs(features, disjoint), FP16)
+    assert check.kept_overlap == 0 and not check.ok
+    assert check.failures()[0].startswith("indices: an image shares only 0 of 16")
+
+
+def test_indices_must_be_ascending_and_non_negative():
+    features, indices = _reference()
+    reference = _outputs(features, indices)
+    reversed_ = _outputs(features, indices[:, ::-1].copy())
+    negative = {"image_embeds": reference["image_embeds"], "indices": np.where(indices == indices[0, 0], -1, indices)}
+    assert "not strictly ascending" in " ".join(compare_outputs(reference, reversed_, FP32).failures())
+    assert "negative index -1" in " ".join(compare_outputs(reference, negative, FP16).failures())
+
+
+def test_tokens_kept_only_by_one_side_stay_at_the_reference_scale():
+    """Near-tie swaps are allowed at fp16, but a swapped-in token's embedding cannot be garbage."""
+    features, indices = _reference()
+    reference = _outputs(features, indices)
+    swapped = indices.copy()
+    swapped[0, -1] = 575 if indices[0, -1] != 575 else 574
+    swapped.sort(axis=-1)
+    actual = _outputs(features, swapped)
+    assert compare_outputs(reference, actual, FP16).ok
+    position = int(np.flatnonzero(~np.isin(swapped[0], indices[0]))[0])
+    actual["image_embeds"][0, position] = 1e4
+    failures = compare_outputs(reference, actual, FP16).failures()
+    assert any("only this side kept" in f for f in failures)
