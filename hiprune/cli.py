@@ -219,8 +219,9 @@ def build_engine_command(bundle_dir: Path, verify_level: str, verbose: bool) -> 
         return build_engine_from_bundle(bundle_dir)
 
     check, not_run = _run(action, _verbose(verbose))
-    verdict = check.describe() if check is not None else f"not run here ({not_run})"
-    click.echo(f"built {bundle_dir / 'model.engine'}; engine vs ONNX Runtime: {verdict}")
+    # describe() names both sides: the bundle's graph on ONNX Runtime, or the fp32 reference outputs (bf16)
+    verdict = check.describe() if check is not None else f"engine check not run here ({not_run})"
+    click.echo(f"built {bundle_dir / 'model.engine'}; {verdict}")
 
 
 @main.command("verify")

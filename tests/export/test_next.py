@@ -148,7 +148,6 @@ def test_paper_budget_and_default_pinpoint_on_the_7b_geometry():
     assert wide.crops.tiles == (1, 2) and plan_selection(HiPruneConfig(keep=640), wide).kept == 639
 
 
-
 def test_only_the_tower_up_to_the_feature_layer_and_the_projector_are_read():
     from transformers import LlavaNextConfig
 
