@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
 from hiprune.bench import DEFAULT_KEEP, DEFAULT_PROMPT, BenchRequest, parse_keep
-from hiprune.errors import HiPruneError
 
 TARGETS = ("onnx", "tensorrt", "coreml")  # the registry's names, listed here so --help imports no torch
 
@@ -39,23 +37,19 @@ def main(**kwargs: Any) -> None:
     \b
     hiprune-bench --keep full,64 --llm-layers 2 --out out/bench
     """
+    from hiprune.cli import run_action
+
     verbose = kwargs.pop("verbose")
-    try:
-        precision = kwargs.pop("precision")
-        kwargs["keep"] = parse_keep(kwargs["keep"])
-        options = {"precision": precision} if precision else {}
-        request = BenchRequest(**kwargs, target_options=options)
+    precision = kwargs.pop("precision")
+    options = {"precision": precision} if precision else {}
+
+    def action() -> tuple[dict[str, Any], BenchRequest]:
         from hiprune.bench import run_bench
 
-        report = run_bench(request)
-    except HiPruneError as exc:
-        if verbose:
-            raise
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        click.echo("error: interrupted", err=True)
-        sys.exit(130)
+        request = BenchRequest(**{**kwargs, "keep": parse_keep(kwargs["keep"])}, target_options=options)
+        return run_bench(request), request
+
+    report, request = run_action(action, verbose)
     print_summary(report, request.out)
 
 

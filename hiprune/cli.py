@@ -32,7 +32,7 @@ def target_options(command: F) -> F:
     return command
 
 
-def _run(action: Callable[[], Any], verbose: bool) -> Any:
+def run_action(action: Callable[[], Any], verbose: bool) -> Any:
     """Runs ``action``; an error becomes one line on stderr and its exit code (a traceback with --verbose).
 
     A HiPruneError exits with its own code; anything else is a bug here and exits 1, still as one line.
@@ -141,7 +141,7 @@ def main(
     hiprune-export build-engine BUNDLE_DIR        (on the device, for --target tensorrt bundles)
     """
     if ctx.invoked_subcommand is not None:
-        _run(lambda: _refuse_export_options(ctx), verbose)
+        run_action(lambda: _refuse_export_options(ctx), verbose)
         return
     if target is None:
         raise click.UsageError(f"Missing option '--target' (one of: {', '.join(sorted(TARGETS))}).")
@@ -171,7 +171,7 @@ def main(
         )
         return export(request, Steps(Console(stderr=True)))
 
-    _print_summary(Console(), _run(action, verbose))
+    _print_summary(Console(), run_action(action, verbose))
 
 
 def _refuse_export_options(ctx: click.Context) -> None:
@@ -218,7 +218,7 @@ def build_engine_command(bundle_dir: Path, verify_level: str, verbose: bool) -> 
             verify_artifact(bundle_dir, full=verify_level == "full")
         return build_engine_from_bundle(bundle_dir)
 
-    check, not_run = _run(action, _verbose(verbose))
+    check, not_run = run_action(action, _verbose(verbose))
     # describe() names both sides: the bundle's graph on ONNX Runtime, or the fp32 reference outputs (bf16)
     verdict = check.describe() if check is not None else f"engine check not run here ({not_run})"
     click.echo(f"built {bundle_dir / 'model.engine'}; {verdict}")
@@ -237,7 +237,7 @@ def verify_command(artifact_dir: Path, sizes_only: bool, verbose: bool) -> None:
 
         return verify_artifact(artifact_dir, full=not sizes_only)
 
-    click.echo(_run(action, _verbose(verbose)).describe())
+    click.echo(run_action(action, _verbose(verbose)).describe())
 
 
 def _print_summary(console: Console, result: ExportResult) -> None:

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from hiprune.errors import ConfigError, HiPruneError
+from hiprune.errors import ConfigError
 from hiprune.runtime.llm.base import RUNTIMES, STAGES
 
 if TYPE_CHECKING:
@@ -88,17 +87,11 @@ def main(
     """
     from rich.console import Console
 
+    from hiprune.cli import run_action
+
     err = Console(stderr=True)
-    try:
-        result, chain = _execute(err, locals())
-    except HiPruneError as exc:
-        if verbose:
-            raise
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        click.echo("error: interrupted; nothing was written", err=True)
-        sys.exit(130)
+    args = locals()
+    result, chain = run_action(lambda: _execute(err, args), verbose)
     _print_result(Console(), result, chain, warmup)
 
 
