@@ -202,7 +202,8 @@ def engine_runner(engine_path: Path, backend: str, io: IOContract | None = None)
 
 def save_check_reference(path: Path, feed: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> None:
     """Writes the check input and the fp32 module's outputs on it (``check_reference.npz``)."""
-    np.savez(path, **feed, **outputs)
+    arrays: dict[str, Any] = {**feed, **outputs}  # Any: numpy's stub types **kwds as its own flags
+    np.savez(path, **arrays)
 
 
 def load_check_reference(path: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
