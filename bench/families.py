@@ -34,18 +34,11 @@ SIGLIP_KEEP = 192
 def next_7b_config():
     """llava-v1.6-vicuna-7b's vision side: CLIP-L/14-336, feature layer -2, its five pinpoints, 4096-d projector;
     the language model is a one-layer stub (only its hidden size is read)."""
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaNextConfig
+    from transformers import LlamaConfig, LlavaNextConfig
 
-    vision = CLIPVisionConfig(
-        hidden_size=1024,
-        intermediate_size=4096,
-        num_hidden_layers=24,
-        num_attention_heads=16,
-        image_size=336,
-        patch_size=14,
-        projection_dim=768,
-        hidden_act="quick_gelu",
-    )
+    from hiprune.export.models import default_llava15_config
+
+    vision = default_llava15_config().vision_config  # the same CLIP-L/14-336 tower as LLaVA-1.5-7B
     text = LlamaConfig(hidden_size=4096, intermediate_size=1024, num_hidden_layers=1, vocab_size=128)
     return LlavaNextConfig(vision_config=vision, text_config=text, vision_feature_layer=-2)
 
