@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from hiprune.runtime.llm.base import STAGES as CHAIN_STAGES
+
 REPORT_FORMAT = "hiprune-bench/1"
-CHAIN_STAGES = ("preprocess", "encoder", "splice", "prefill", "ttft", "decode_per_token")
 BAR_STAGES = ("preprocess", "encoder", "splice", "prefill")  # ttft = these + what the chain spends between them
 FILES = ("bench.json", "bench.md", "bench.png")
 

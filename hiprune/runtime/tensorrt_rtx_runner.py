@@ -26,9 +26,11 @@ class TrtRtxEngineRunner(BaseRunner):
     def __init__(self, engine_path: Path, contract: IOContract | None = None) -> None:
         super().__init__(contract)
         self.engine_path = Path(engine_path)
+        self._runtime: Any = None
         self._engine: Any = None
         self._context: Any = None
         self._buffers: dict[str, Any] = {}
+        self._inputs: set[str] = set()  # names of the engine's input tensors, read once at activation
 
     def activate_impl(self) -> None:
         if (missing := tensorrt_rtx_runtime_missing()) is not None:
@@ -50,19 +52,20 @@ class TrtRtxEngineRunner(BaseRunner):
             shape = tuple(self._engine.get_tensor_shape(name))
             self._buffers[name] = torch.empty(shape, dtype=dtype, device="cuda")
             self._context.set_tensor_address(name, self._buffers[name].data_ptr())
+            if self._engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
+                self._inputs.add(name)
 
     def deactivate_impl(self) -> None:
         self._buffers.clear()
-        self._context = self._engine = None
+        self._inputs.clear()
+        self._context = self._engine = self._runtime = None
 
     def input_specs(self) -> list[TensorSpec]:
-        import tensorrt_rtx as trt
-
-        specs = []
-        for name, buffer in self._buffers.items():
-            if self._engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
-                specs.append(TensorSpec(name, tuple(buffer.shape), np.dtype(str(buffer.dtype).removeprefix("torch."))))
-        return specs
+        return [
+            TensorSpec(name, tuple(buffer.shape), np.dtype(str(buffer.dtype).removeprefix("torch.")))
+            for name, buffer in self._buffers.items()
+            if name in self._inputs
+        ]
 
     def infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
@@ -73,8 +76,7 @@ class TrtRtxEngineRunner(BaseRunner):
         if not self._context.execute_async_v3(stream.cuda_stream):
             raise BackendUnavailableError(f"TensorRT-RTX failed to run {self.engine_path}")
         stream.synchronize()
-        inputs = {spec.name for spec in self.input_specs()}
-        return {name: buffer.cpu().numpy() for name, buffer in self._buffers.items() if name not in inputs}
+        return {name: buffer.cpu().numpy() for name, buffer in self._buffers.items() if name not in self._inputs}
 
 
 def _torch_dtype(torch: Any, trt: Any, dtype: Any) -> Any:

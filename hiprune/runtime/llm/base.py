@@ -111,14 +111,6 @@ class LLMRuntime(abc.ABC):
 
             torch.cuda.synchronize()
 
-    def warmup(self, seq_len: int, max_new_tokens: int) -> None:
-        """Runs one prefill of ``seq_len`` zeros and a short decode: compiles, captures graphs, sizes caches."""
-        import torch
-
-        embeds = torch.zeros(1, seq_len, self.embed_dim)
-        self.decode(self.prefill(embeds), max(1, min(max_new_tokens, 2)))
-        self.synchronize()
-
 
 def get_llm_runtime(name: str) -> type[LLMRuntime]:
     """The runtime class registered as ``name`` (imported only now)."""
