@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import functools
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -15,6 +16,8 @@ from hiprune.contract import IOContract
 from hiprune.targets.options import OptionChoices, resolve_options, target_options
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from hiprune.export.encoder import PrunedEncoder
     from hiprune.progress import Steps
     from hiprune.runtime.compare import Comparison
@@ -37,6 +40,13 @@ class BuildJob:
     source: str
     metadata: dict[str, str]
     steps: Steps
+
+    @functools.cached_property
+    def reference(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The check input and the PyTorch module's outputs on it, computed once per job (every check reuses them)."""
+        from hiprune.targets.spine import compute_reference
+
+        return compute_reference(self)
 
     @property
     def batch(self) -> int:

@@ -184,7 +184,11 @@ class TensorRTTarget(Target):
 
     def _parser_here(self) -> bool:
         """Whether a real TensorRT parser will judge the written graph in this export."""
-        return tensorrt_rtx_missing() is None or (self.settings["build"] != "defer" and self._build_missing() is None)
+        return tensorrt_rtx_missing() is None or self._build_here()
+
+    def _build_here(self) -> bool:
+        """Whether this export builds the engine itself (not deferred, and a builder is here)."""
+        return self.settings["build"] != "defer" and self._build_missing() is None
 
     def _fp32_twin_check(self, job: BuildJob, model: Any, stage: Path | None) -> Comparison:
         """The fp32 TensorRT-ready graph on ORT vs PyTorch: the inlining and folding change nothing."""
@@ -225,8 +229,7 @@ class TensorRTTarget(Target):
     def _engines(self, job: BuildJob, stage: Path, details: dict[str, Any]) -> str:
         """The real parser's verdict on the written graph, and the engine where one is built here."""
         details["artifact"] = MODEL_FILE
-        build_here = self.settings["build"] != "defer" and self._build_missing() is None
-        if build_here:
+        if self._build_here():
             return self._build_engine(job, stage, details)
         if tensorrt_rtx_missing() is None:
             with job.steps.step(f"TensorRT-RTX parser + strongly typed build of {MODEL_FILE} (verdict only)"):
