@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-all lint fmt bench bench-ort clean
+.PHONY: setup demo test test-all lint fmt bench bench-ort wheels-for-device clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,11 @@ bench: $(STAMP)
 ## ORT CPU latency of the encoder artifact, pruned vs --no-prune, and default-model export cost; prints JSON.
 bench-ort: $(STAMP)
 	$(BIN)/python bench/ort_overhead.py
+
+## The wheels the GPU machine lacks (it reaches no package index) into .whl/ (git-ignored, < 1 MiB): this project
+## and the pure-Python packages missing or older there. The device call of bench/gpu_session.sh carries .whl.
+wheels-for-device: $(STAMP)
+	PYTHON=$(BIN)/python bash bench/gpu_session.sh --wheels
 
 clean:
 	rm -rf out .pytest_cache

@@ -129,6 +129,7 @@ class TorchEncoderRunner(BaseRunner):
         self._encoder: Any = None
         self._graph: Any = None
         self._static: dict[str, Any] = {}
+        self.note: str | None = None  # set when graph capture failed and the encoder runs eager
 
     def activate_impl(self) -> None:
         from hiprune.export.models import load_encoder
@@ -138,7 +139,12 @@ class TorchEncoderRunner(BaseRunner):
         if self.fp16:
             self._encoder = self._encoder.half()
         if self.cuda_graph:
-            self._capture()
+            try:
+                self._capture()
+            except Exception as exc:  # the same forward, eager: slower, still correct
+                self._graph, self._static = None, {}
+                text = str(exc).strip().splitlines()
+                self.note = f"encoder CUDA graph capture failed ({text[0] if text else type(exc).__name__}); eager"
 
     def _forward(self, pixel_values: Any) -> tuple[Any, Any]:
         import torch

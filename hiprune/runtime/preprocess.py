@@ -6,6 +6,7 @@ checkpoint, else, for the built-in default, LLaVA-1.5's settings built in code. 
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -22,10 +23,8 @@ def load_image_processor(artifact_dir: Path, checkpoint: str | None) -> Any:
     """The image processor for an artifact: its own saved config, the checkpoint's, or the default's."""
     for directory in (Path(artifact_dir), None if checkpoint is None else Path(checkpoint)):
         if directory is not None and (directory / PROCESSOR_CONFIG).is_file():
-            from transformers import AutoImageProcessor
-
             try:
-                return AutoImageProcessor.from_pretrained(str(directory), local_files_only=True)
+                return _processor_from(directory)
             except Exception as exc:
                 raise CheckpointError(f"{directory / PROCESSOR_CONFIG} cannot be read ({_first_line(exc)})") from None
     if checkpoint is None:
@@ -36,6 +35,21 @@ def load_image_processor(artifact_dir: Path, checkpoint: str | None) -> Any:
         f"no {PROCESSOR_CONFIG} in artifact {artifact_dir} or checkpoint {checkpoint}; "
         "save the checkpoint's image processor there (AutoImageProcessor.save_pretrained)"
     )
+
+
+def _processor_from(directory: Path) -> Any:
+    """``AutoImageProcessor`` from a directory; where that needs a missing torchvision (transformers 5.1x), the
+    named processor's PIL class, so preprocessing works with the declared dependencies alone."""
+    import transformers
+
+    try:
+        return transformers.AutoImageProcessor.from_pretrained(str(directory), local_files_only=True)
+    except ImportError:
+        name = json.loads((directory / PROCESSOR_CONFIG).read_text()).get("image_processor_type") or ""
+        pil = getattr(transformers, name.removesuffix("Fast").removesuffix("Pil") + "Pil", None) if name else None
+        if pil is None:
+            raise
+        return pil.from_pretrained(str(directory), local_files_only=True)
 
 
 def write_image_processor(checkpoint: str | None, directory: Path) -> str | None:

@@ -47,7 +47,7 @@ class HfLLM(LLMRuntime):
             raise ConfigError("CUDA graphs need device cuda and the static cache (static=True)")
         self.max_cache_len = max_cache_len
         self._forward: Callable[..., Any] = torch.compile(self.model, dynamic=False) if compile else self.model
-        self._cache_kwarg = _cache_kwarg(self.model)
+        self._cache_kwarg = cache_kwarg(self.model)
         self._buffers: dict[str, Any] = {}
         self._prefill_graphs: dict[int, _Graph] = {}
         self._decode_graph: _Graph | None = None
@@ -186,11 +186,17 @@ class HfLLM(LLMRuntime):
             self.note = f"CUDA graph capture failed ({text[0] if text else type(exc).__name__}); running eager"
 
 
-def _cache_kwarg(model: Any) -> str:
+def cache_kwarg(model: Any) -> str:
     """transformers 5.2x names the KV-cache argument ``cache``; earlier releases ``past_key_values``."""
     import inspect
 
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def returned_cache(output: Any) -> Any:
+    """The KV cache a forward returned: ``output.cache`` in transformers 5.2x, ``past_key_values`` before."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
 
 
 class _Graph:

@@ -22,6 +22,7 @@ from typing import Any
 from hiprune.artifacts import staged_output
 from hiprune.errors import ExportError
 from hiprune.quiet import quiet
+from hiprune.runtime.llm.hf import cache_kwarg, returned_cache
 
 EXPORT_FORMAT = "hiprune-llm-onnx/1"
 DECODER = "decoder.onnx"
@@ -76,7 +77,7 @@ def _kv_shape(model: Any) -> tuple[int, int, int]:
 
     embeds = torch.zeros(1, 1, int(model.config.hidden_size), dtype=next(model.parameters()).dtype)
     with torch.no_grad():
-        cache = model(inputs_embeds=embeds, use_cache=True, logits_to_keep=1).cache
+        cache = returned_cache(model(inputs_embeds=embeds, use_cache=True, logits_to_keep=1))
     first = cache.layers[0].keys
     return len(cache.layers), int(first.shape[1]), int(first.shape[3])
 
@@ -85,6 +86,8 @@ def _wrapper(model: Any, num_layers: int) -> Any:
     """A module with flat tensor I/O: (embeds, positions, k0, v0, k1, ...) → (last logits, k0', v0', ...)."""
     import torch
     from transformers import DynamicCache
+
+    kwarg = cache_kwarg(model)
 
     class Decoder(torch.nn.Module):
         def __init__(self) -> None:
@@ -96,9 +99,10 @@ def _wrapper(model: Any, num_layers: int) -> Any:
             for layer in range(num_layers):
                 cache.update(past[2 * layer], past[2 * layer + 1], layer)
             out = self.lm(
-                inputs_embeds=inputs_embeds, position_ids=position_ids, cache=cache, use_cache=True, logits_to_keep=1
-            )
-            presents = [t for layer in out.cache.layers for t in (layer.keys, layer.values)]
+                inputs_embeds=inputs_embeds, position_ids=position_ids, use_cache=True, logits_to_keep=1,
+                **{kwarg: cache},
+            )  # fmt: skip
+            presents = [t for layer in returned_cache(out).layers for t in (layer.keys, layer.values)]
             return (out.logits, *presents)
 
     return Decoder().eval()

@@ -1,0 +1,88 @@
+"""What only the GPU machine runs, exercised on the CPU: the encoder's fp16 dtype mix, both CUDA-graph capture
+fallbacks (the CPU's own "no CUDA" failure stands in for a capture a GPU refuses), and preprocessing where
+``AutoImageProcessor`` needs a missing torchvision (transformers 5.1x)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from oracle import paper_select, reference_embeds, reference_scores
+
+from hiprune.api import ExportRequest, export
+from hiprune.config import HiPruneConfig
+from hiprune.runtime.encoders import TorchEncoderRunner
+from hiprune.runtime.llm.hf import HfLLM
+from hiprune.runtime.llm.loading import load_language_model
+from hiprune.runtime.preprocess import load_image_processor, preprocess
+
+
+@pytest.fixture(scope="module")
+def pruned(tiny_vlm, tmp_path_factory):
+    path = tiny_vlm(image_size=48)
+    out = tmp_path_factory.mktemp("pruned") / "a"
+    return path, export(ExportRequest(hiprune=HiPruneConfig(keep=10, alpha=0.5), model=str(path), output=out))
+
+
+def _pixels(seed: int = 0) -> torch.Tensor:
+    return torch.randn(1, 3, 48, 48, generator=torch.Generator().manual_seed(seed))
+
+
+def test_fp16_encoder_keeps_the_oracle_tokens(pruned, reference_model):
+    """The CUDA encoder's arithmetic (fp16 weights under fp16 autocast) on the CPU: the oracle's indices exactly,
+    fp16 embeddings within fp16 rounding of the oracle's."""
+    path, result = pruned
+    h = result.manifest["hiprune"]
+    model, pixel_values = reference_model(path), _pixels()
+    with torch.no_grad():
+        s_obj, s_deep, hidden = reference_scores(model, pixel_values, h["object_layer"], h["deep_layer"])
+        indices = paper_select(s_obj, s_deep, h["keep"], h["alpha"], 6, "paper")
+        want = reference_embeds(model, pixel_values, indices, model.config.vision_feature_layer, hidden)
+    with TorchEncoderRunner(result.manifest, "cpu", cuda_graph=False, fp16=True) as runner:
+        embeds, got = runner.infer_torch(pixel_values)
+    assert embeds.dtype == torch.float16 and runner.note is None
+    np.testing.assert_array_equal(got.numpy(), np.asarray(indices))
+    assert (embeds.float() - want).abs().max() <= 1e-2 * want.abs().max()
+
+
+def test_encoder_capture_failure_runs_the_same_forward_eager(pruned):
+    _, result = pruned
+    runner = TorchEncoderRunner(result.manifest, "cpu")
+    runner.cuda_graph = True  # the CUDA branch; capture fails here
+    with runner, TorchEncoderRunner(result.manifest, "cpu") as eager:
+        got, want = runner.infer_torch(_pixels(1)), eager.infer_torch(_pixels(1))
+        assert runner.note is not None and runner.note.startswith("encoder CUDA graph capture failed")
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def test_llm_capture_failure_falls_back_to_the_static_path(pruned):
+    """A failed capture leaves the runtime on the eager static path: same ids and first logits as dynamic."""
+    path, result = pruned
+    lm, _ = load_language_model(str(path), result.output, None, "cpu", "float32")
+    embeds = torch.randn(1, 12, lm.model.config.hidden_size, generator=torch.Generator().manual_seed(2))
+    dynamic = HfLLM(lm, "cpu", static=False)
+    want = dynamic.prefill(embeds)
+    want_logits, want_ids = want.logits.clone(), dynamic.decode(want, 6)
+    graphs = HfLLM(lm, "cpu", static=True, max_cache_len=32)
+    graphs.cuda_graphs = True  # the CUDA branch; capture fails here
+    got = graphs.prefill(embeds)
+    assert not graphs.cuda_graphs and graphs.note.startswith("CUDA graph capture failed")
+    assert (got.logits - want_logits).abs().max() <= 1e-4
+    assert graphs.decode(got, 6) == want_ids and len(want_ids) > 1
+
+
+def test_processor_when_auto_image_processor_needs_torchvision(pruned, photo, monkeypatch):
+    """transformers 5.1x's AutoImageProcessor raises ImportError without torchvision: the named PIL class loads."""
+    import transformers
+
+    _, result = pruned
+    image = photo(64, seed=4)
+    want = preprocess(load_image_processor(result.output, None), image, (1, 3, 48, 48))
+
+    def needs_torchvision(*args, **kwargs):
+        raise ImportError("AutoImageProcessor requires the Torchvision library but it was not found")
+
+    monkeypatch.setattr(transformers.AutoImageProcessor, "from_pretrained", needs_torchvision)
+    processor = load_image_processor(result.output, None)
+    assert type(processor).__name__.endswith("Pil")
+    np.testing.assert_array_equal(preprocess(processor, image, (1, 3, 48, 48)), want)
