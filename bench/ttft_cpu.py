@@ -3,6 +3,7 @@ the CLIP-L/336 encoder artifact (ONNX Runtime) and a LLaVA-1.5-7B-wide language 
 truncated to ``--llm-layers`` decoder layers. Prints JSON; all ratios come from one run.
 
     python bench/ttft_cpu.py [--llm-runtime transformers,onnxruntime] [--repeats 5] [--llm-layers 2] [--out DIR]
+                             [--ort-threads shared|own]
 
 The goal: the chain's TTFT ratio (full / keep 64) is at least 0.9 x the component-ideal ratio (encoder + prefill
 timed on their own), i.e. the runtime glue (preprocessing, splicing, transfers) does not eat the pruning gain.
@@ -18,6 +19,7 @@ import platform
 from pathlib import Path
 
 from hiprune.bench import BenchRequest, run_bench
+from hiprune.runtime.ort_session import share_cpu_threads
 
 GOAL_CHAIN_OVER_IDEAL = 0.9
 
@@ -44,7 +46,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--llm-layers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("out/bench-cpu"))
+    parser.add_argument(
+        "--ort-threads", choices=("shared", "own"), default="shared",
+        help="ONNX Runtime sessions on one process-wide thread pool (as in hiprune-bench), or each on its own",
+    )  # fmt: skip
     args = parser.parse_args()
+    if args.ort_threads == "shared":
+        share_cpu_threads()
     result: dict = {
         "machine": {
             "cpus": os.cpu_count(),
@@ -52,6 +60,7 @@ def main() -> None:
             "python": platform.python_version(),
         },
         "llm_layers": args.llm_layers,
+        "ort_threads": args.ort_threads,
     }
     for runtime in args.llm_runtime.split(","):
         request = BenchRequest(

@@ -54,9 +54,10 @@ def budget_entry(label: str, kept: int, chain: dict[str, list], ideal: dict[str,
     }
 
 
-def speedups(budgets: list[dict]) -> dict[str, dict[str, float]]:
+def speedups(budgets: list[dict]) -> dict[str, dict[str, Any]]:
     """TTFT of ``full`` over each pruned budget, through the chain and ideally; ``chain_over_ideal`` near 1 means
-    the runtime keeps the gain the components promise. Empty when no ``full`` budget was measured."""
+    the runtime keeps the gain the components promise, and ``chain_over_ideal_90ci`` says how far the rounds' noise
+    alone moves it. Empty when no ``full`` budget was measured."""
     full = next((b for b in budgets if b["budget"] == "full"), None)
     if full is None:
         return {}
@@ -70,8 +71,33 @@ def speedups(budgets: list[dict]) -> dict[str, dict[str, float]]:
             "chain_ttft_full_over_pruned": round(chain, 3),
             "ideal_ttft_full_over_pruned": round(ideal, 3),
             "chain_over_ideal": round(chain / ideal, 3),
+            "chain_over_ideal_90ci": bootstrap_interval(full, entry),
         }
     return out
+
+
+def bootstrap_interval(full: dict, pruned: dict, draws: int = 2000, seed: int = 0) -> list[float] | None:
+    """The 5th and 95th percentiles of ``chain_over_ideal`` over ``draws`` resamplings of the measured rounds.
+
+    Whole rounds are drawn (every budget ran once per round, chain and ideal back to back), so what drifts
+    between rounds stays paired. ``None`` with fewer than 3 rounds or without per-round samples.
+    """
+    if "samples_ms" not in full or "samples_ms" not in pruned:
+        return None
+    series = [
+        entry["samples_ms"][kind][stage]
+        for entry in (full, pruned)
+        for kind, stage in (("chain", "ttft"), ("ideal", "encoder"), ("ideal", "prefill"))
+    ]
+    rounds = {len(values) for values in series}
+    if len(rounds) != 1 or min(rounds) < 3 or any(v is None for values in series for v in values):
+        return None
+    columns = [np.asarray(values, dtype=float) for values in series]
+    picks = np.random.default_rng(seed).integers(0, rounds.pop(), size=(draws, len(columns[0])))
+    full_chain, full_encoder, full_prefill, chain, encoder, prefill = (np.median(c[picks], axis=1) for c in columns)
+    ratio = (full_chain / chain) / ((full_encoder + full_prefill) / (encoder + prefill))
+    low, high = np.percentile(ratio, [5, 95])
+    return [round(float(low), 3), round(float(high), 3)]
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -93,9 +119,14 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append("")
         lines.append(
             f"- TTFT full / {budget}: chain **{ratio['chain_ttft_full_over_pruned']:.2f}x**, component ideal "
-            f"{ratio['ideal_ttft_full_over_pruned']:.2f}x (chain keeps {ratio['chain_over_ideal']:.0%} of it)"
+            f"{ratio['ideal_ttft_full_over_pruned']:.2f}x (chain keeps {ratio['chain_over_ideal']:.0%} of it"
+            f"{_interval_text(ratio.get('chain_over_ideal_90ci'))})"
         )
     return "\n".join(lines) + "\n"
+
+
+def _interval_text(interval: list[float] | None) -> str:
+    return "" if interval is None else f"; 90% bootstrap interval over rounds {interval[0]:.0%}–{interval[1]:.0%}"
 
 
 def _cell(summary: dict[str, float] | None) -> str:

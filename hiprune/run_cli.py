@@ -16,6 +16,7 @@ import click
 
 from hiprune.errors import ConfigError
 from hiprune.runtime.llm.base import RUNTIMES, STAGES
+from hiprune.runtime.ort_session import share_cpu_threads
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -93,6 +94,12 @@ def main(
     args = locals()
     result, chain = run_action(lambda: _execute(err, args), verbose)
     _print_result(Console(), result, chain, warmup)
+
+
+def entry() -> None:
+    """The ``hiprune-run`` console script: its own process, so its ONNX Runtime sessions share one thread pool."""
+    share_cpu_threads()
+    main()
 
 
 def _execute(err: Console, args: dict[str, Any]) -> tuple[ChainResult, Chain]:

@@ -117,12 +117,9 @@ class OrtRunner(BaseRunner):
         self.session: Any = None
 
     def activate_impl(self) -> None:
-        import onnxruntime as ort
+        from hiprune.runtime.ort_session import open_session
 
-        options = ort.SessionOptions()
-        if self.intra_op_threads:
-            options.intra_op_num_threads = self.intra_op_threads
-        self.session = ort.InferenceSession(str(self.model_path), options, providers=list(self.providers))
+        self.session = open_session(self.model_path, list(self.providers), self.intra_op_threads)
 
     def deactivate_impl(self) -> None:
         self.session = None

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
 
 from hiprune.bench_cli import TARGETS, main
-from hiprune.bench_report import CHAIN_STAGES, speedups
+from hiprune.bench_report import CHAIN_STAGES, bootstrap_interval, speedups
 
 STATS = {"median", "p90", "n"}
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +57,7 @@ def test_bench_writes_json_md_png_with_documented_keys(bench_run):
         assert entry["prompt_tokens"] == report["budgets"][0]["prompt_tokens"] - 16 + entry["kept_tokens"]
         assert 1 <= len(entry["generated_ids"]) <= 3
     assert report["speedups"]["8"].keys() == {
-        "chain_ttft_full_over_pruned", "ideal_ttft_full_over_pruned", "chain_over_ideal",
+        "chain_ttft_full_over_pruned", "ideal_ttft_full_over_pruned", "chain_over_ideal", "chain_over_ideal_90ci",
     }  # fmt: skip
     table = (out / "bench.md").read_text()
     assert "| full | 16 |" in table and "| 8 | 8 |" in table and "TTFT full / 8" in table
@@ -68,14 +73,55 @@ def test_second_run_reuses_the_cached_artifacts(bench_run):
     assert report["budgets"][0]["chain_ms"]["ttft"]["n"] == 1
 
 
+def test_console_script_with_the_onnxruntime_llm_generates_the_same_ids(bench_run, tiny_vlm):
+    """The installed script's process: encoder and ONNX decoder sessions on one shared thread pool, same tokens."""
+    out, first, _ = bench_run
+    assert first.exit_code == 0, first.output
+    args = ["--model", str(tiny_vlm()), "--keep", "full,8", "--repeats", "1", "--warmup", "0", "--max-new-tokens", "3",
+            "--llm-runtime", "onnxruntime", "--cache", str(out / "artifacts"), "--out", str(out / "ort")]  # fmt: skip
+    code = "import sys; from hiprune.bench_cli import entry; sys.argv = ['hiprune-bench', *sys.argv[1:]]; entry()"
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    ours = json.loads((out / "ort" / "bench.json").read_text())
+    reference = json.loads((out / "bench.json").read_text())
+    assert ours["runtimes"]["llm"] == "onnxruntime" and ours["runtimes"]["encoder"] == "onnxruntime"
+    assert all(b["reused"] for b in ours["budgets"])
+    assert [b["generated_ids"] for b in ours["budgets"]] == [b["generated_ids"] for b in reference["budgets"]]
+
+
 def test_speedups_are_full_over_pruned():
     def entry(budget, chain, ideal):
         return {"budget": budget, "chain_ms": {"ttft": {"median": chain}}, "ideal_ms": {"ttft": ideal}}
 
     ratios = speedups([entry("full", 30.0, 24.0), entry("64", 12.0, 8.0)])
     assert ratios == {
-        "64": {"chain_ttft_full_over_pruned": 2.5, "ideal_ttft_full_over_pruned": 3.0, "chain_over_ideal": 0.833}
+        "64": {
+            "chain_ttft_full_over_pruned": 2.5,
+            "ideal_ttft_full_over_pruned": 3.0,
+            "chain_over_ideal": 0.833,
+            "chain_over_ideal_90ci": None,
+        }  # fmt: skip
     }
+
+
+def _rounds(chain, encoder, prefill):
+    return {"chain": {"ttft": chain}, "ideal": {"encoder": encoder, "prefill": prefill}}
+
+
+def test_bootstrap_interval_is_exact_without_noise_and_brackets_noisy_rounds():
+    steady_full = {"samples_ms": _rounds([30.0] * 5, [14.0] * 5, [10.0] * 5)}
+    steady = {"samples_ms": _rounds([12.0] * 5, [5.0] * 5, [3.0] * 5)}
+    assert bootstrap_interval(steady_full, steady) == [0.833, 0.833]  # (30/12) / (24/8) in every draw
+    rng = np.random.default_rng(1)
+    noisy = [[v * f for v, f in zip(rounds, rng.uniform(0.8, 1.25, 7), strict=True)]
+             for rounds in ([30.0] * 7, [14.0] * 7, [10.0] * 7, [12.0] * 7, [5.0] * 7, [3.0] * 7)]  # fmt: skip
+    low, high = bootstrap_interval({"samples_ms": _rounds(*noisy[:3])}, {"samples_ms": _rounds(*noisy[3:])})
+    point = (np.median(noisy[0]) / np.median(noisy[3])) / (
+        (np.median(noisy[1]) + np.median(noisy[2])) / (np.median(noisy[4]) + np.median(noisy[5]))
+    )
+    assert low < point < high and high - low > 0.05
+    two_rounds = {"samples_ms": _rounds([12.0] * 2, [5.0] * 2, [3.0] * 2)}
+    assert bootstrap_interval(steady_full, two_rounds) is None
 
 
 @pytest.mark.parametrize(

@@ -46,7 +46,7 @@ class OrtLLM(LLMRuntime):
 
     def __init__(self, lm: LanguageModel, device: str = "cpu", dtype: str | None = None) -> None:
         super().__init__(lm, device, dtype)
-        import onnxruntime as ort
+        from hiprune.runtime.ort_session import open_session
 
         providers = providers_for(device)
         self.dtype = dtype or ("float16" if device.startswith("cuda") else "float32")
@@ -55,9 +55,7 @@ class OrtLLM(LLMRuntime):
         self.spec: DecoderSpec = exported_decoder(lm.model, lm.key, lm.cache_dir, self.dtype)
         self._np_dtype = _NP_DTYPES[self.dtype]
         self._table = lm.model.get_input_embeddings().weight.detach().float().cpu().numpy()
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(self.spec.path), options, providers=providers)
+        self.session = open_session(self.spec.path, providers)
         self._ort_device = "cuda" if device.startswith("cuda") else "cpu"
         self._device_id = int(device.partition(":")[2] or 0) if self._ort_device == "cuda" else 0
 
