@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hiprune import __version__
-from hiprune.artifacts import check_output_dir, ensure_space, staged_output, write_manifest
+from hiprune.artifacts import check_output_dir, ensure_space, human_size, staged_output, write_manifest
 from hiprune.config import EncoderOptions, HiPruneConfig
 from hiprune.contract import IOContract
 from hiprune.errors import ConfigError, ExportError, HiPruneError, ResourceError, as_hiprune_error
@@ -42,7 +42,8 @@ class ExportRequest:
 
 @dataclasses.dataclass(frozen=True)
 class ExportResult:
-    """Where the artifact went and what the post-export run measured."""
+    """Where the artifact went and what the post-export run measured (``comparison_label``: what that check
+    compared, the summary's row name)."""
 
     output: Path
     artifact: Path
@@ -61,21 +62,12 @@ class ExportResult:
             "source": self.manifest["source"]["source"],
             "kept tokens": f"{io.kept} of {io.num_tokens}",
             **{info.name: info.describe() for info in (*io.inputs, *io.outputs)},
-            "size on disk": _human(sum(f["bytes"] for f in self.manifest["files"].values())),
+            "size on disk": human_size(sum(f["bytes"] for f in self.manifest["files"].values())),
             "output": str(self.output),
         }
         if self.comparison is not None:
-            rows["check"] = self.comparison.describe()
+            rows[self.comparison_label] = self.comparison.describe()
         return rows
-
-
-def _human(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB"):
-        if value < 1024:
-            return f"{value:.1f} {unit}" if unit != "B" else f"{size} B"
-        value /= 1024
-    return f"{value:.1f} GiB"
 
 
 def export(request: ExportRequest, steps: Steps | None = None) -> ExportResult:
@@ -151,9 +143,9 @@ def _check_memory(request: ExportRequest, loaded: LoadedEncoder) -> None:
     largest = estimate.largest_batch(available)
     fix = f"pass --batch {largest} or less" if largest else "even --batch 1 does not fit; free memory first"
     raise ResourceError(
-        f"--batch {request.batch} needs about {_human(estimate.export)} to export and {_human(estimate.check)} for "
-        f"the post-export check, but {_human(available)} is available; the largest batch that fits is {largest}; "
-        f"{fix}"
+        f"--batch {request.batch} needs about {human_size(estimate.export)} to export and "
+        f"{human_size(estimate.check)} for the post-export check, but {human_size(available)} is available; "
+        f"the largest batch that fits is {largest}; {fix}"
     )
 
 

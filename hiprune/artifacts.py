@@ -14,7 +14,7 @@ import platform
 import shutil
 import socket
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -93,7 +93,7 @@ def output_fault(
     path = where or named or output
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         free = shutil.disk_usage(nearest_existing(path)).free
-        cause += f" ({_size(free)} free there)"
+        cause += f" ({human_size(free)} free there)"
     action = "cannot create a directory in" if where else "cannot write"
     return OutputError(f"--output {output}: {action} {path}: {cause}; nothing was written; {fix}")
 
@@ -166,13 +166,19 @@ def ensure_space(stage: Path, needed: int, output: Path) -> None:
     free = shutil.disk_usage(stage).free
     if free < needed:
         raise OutputError(
-            f"--output {output}: the artifact needs at least {_size(needed)} and its filesystem has {_size(free)} "
-            "free; free space or pass --output on another filesystem"
+            f"--output {output}: the artifact needs at least {human_size(needed)} and its filesystem has "
+            f"{human_size(free)} free; free space or pass --output on another filesystem"
         )
 
 
-def _size(size: int) -> str:
-    return f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size / 2**10:.0f} KiB"
+def human_size(size: float) -> str:
+    """Bytes for people: ``512 B``, ``1.5 KiB``, ``140.2 MiB``, ``3.8 GiB`` (the summary, memory and disk messages)."""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB"):
+        if value < 1024:
+            return f"{value:.1f} {unit}" if unit != "B" else f"{int(size)} B"
+        value /= 1024
+    return f"{value:.1f} GiB"
 
 
 def _write_fault(exc: BaseException, output: Path, stage: Path) -> OutputError | None:
@@ -189,7 +195,7 @@ def _write_fault(exc: BaseException, output: Path, stage: Path) -> OutputError |
     except OSError:
         return None
     return OutputError(
-        f"--output {output}: writing the artifact failed ({str(exc).strip()}; {_size(free)} free on "
+        f"--output {output}: writing the artifact failed ({str(exc).strip()}; {human_size(free)} free on "
         f"{nearest_existing(output.parent)}'s filesystem, likely full); nothing was written; "
         "free space or pass --output on another filesystem"
     )
@@ -257,10 +263,6 @@ def write_manifest(
     return manifest
 
 
-def read_manifest(directory: Path) -> dict[str, Any]:
-    return json.loads((directory / MANIFEST).read_text())
-
-
 @dataclasses.dataclass(frozen=True)
 class Verified:
     """An artifact directory that matched its manifest."""
@@ -276,19 +278,23 @@ class Verified:
         return f"ok: {self.directory} matches its manifest: {self.files} files, {self.bytes} bytes; checked {how}"
 
 
-def verify_artifact(directory: Path, full: bool = False) -> Verified:
+def verify_artifact(directory: Path, full: bool = False, sha256: Collection[str] = ()) -> Verified:
     """Checks an artifact directory against its manifest before anything uses it (after a copy between machines).
 
-    Every listed file must be present with the listed size, and with ``full`` the listed sha256; the manifest's
-    format must be one this version reads. Raises :class:`ArtifactError` with one line naming the first bad file
-    (and how many more there are).
+    Every listed file must be present with the listed size, and with ``full`` the listed sha256 (without it, only
+    the files named in ``sha256``: those a caller reads, such as the graph ``build-engine`` builds from); the
+    manifest's format must be one this version reads. Each file is hashed at most once. Raises
+    :class:`ArtifactError` with one line naming the first bad file (and how many more there are); the manifest
+    read here is returned in :attr:`Verified.manifest`, so callers need not read it again.
     """
     directory = Path(directory)
-    manifest = _load_manifest(directory)
+    manifest = load_manifest(directory)
     files = manifest.get("files")
     if not isinstance(files, dict) or not files:
         raise ArtifactError(f"{directory / MANIFEST} lists no files; re-export the artifact")
-    problems = [p for name, entry in files.items() if (p := _file_problem(directory, name, entry, full))]
+    problems = [
+        p for name, entry in files.items() if (p := _file_problem(directory, name, entry, full or name in sha256))
+    ]
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise ArtifactError(f"{problems[0]}{more}; copy the artifact directory again, or re-export it")
@@ -296,9 +302,13 @@ def verify_artifact(directory: Path, full: bool = False) -> Verified:
     return Verified(directory, len(files), total, full, manifest)
 
 
-def _load_manifest(directory: Path) -> dict[str, Any]:
+def load_manifest(directory: Path) -> dict[str, Any]:
+    """The manifest of an artifact directory; a missing directory or manifest, one that is not JSON, or a format
+    this version does not read is one :class:`ArtifactError` line (exit 8), whichever command asked."""
+    directory = Path(directory)
     if not directory.is_dir():
-        raise ArtifactError(f"{directory} is not a directory; pass the directory hiprune-export wrote")
+        what = " is a file, not a directory" if directory.exists() else ": no such directory"
+        raise ArtifactError(f"{directory}{what}; pass the directory hiprune-export wrote")
     path = directory / MANIFEST
     if not path.is_file():
         raise ArtifactError(f"{path} is missing: not a hiprune-export artifact, or an incomplete copy")

@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from hiprune.artifacts import library_versions, read_manifest
+from hiprune.artifacts import library_versions, load_manifest
 from hiprune.bench_report import REPORT_FORMAT, budget_entry, speedups, write_report
 from hiprune.config import HiPruneConfig
-from hiprune.errors import BackendUnavailableError, ConfigError
+from hiprune.errors import ArtifactError, BackendUnavailableError, ConfigError
 
 DEFAULT_KEEP = "full,192,128,64"
 DEFAULT_PROMPT = "Describe the image in one sentence."
@@ -74,6 +74,7 @@ class BenchRequest:
     def validate(self) -> None:
         """Every setting checked before anything is exported or loaded."""
         from hiprune.runtime.llm import get_llm_runtime
+        from hiprune.runtime.llm.base import check_max_new_tokens
         from hiprune.targets import get_target
 
         get_target(self.target)(self.target_options)
@@ -85,8 +86,7 @@ class BenchRequest:
                 raise ConfigError(f"{name} {value} must be at least {low}")
         if self.llm_layers is not None and self.llm_layers < 1:
             raise ConfigError(f"--llm-layers {self.llm_layers} must be at least 1 (or left out for all layers)")
-        if self.max_new_tokens < 1:
-            raise ConfigError(f"--max-new-tokens {self.max_new_tokens} must be at least 1")
+        check_max_new_tokens(self.max_new_tokens)
         if self.device not in ("cpu", "cuda"):
             raise ConfigError(f"--device {self.device!r} is unknown; choose cpu or cuda")
         if self.image is not None and not Path(self.image).is_file():
@@ -123,8 +123,8 @@ def artifact_for(request: BenchRequest, keep: int | None) -> tuple[Path, bool]:
 
     directory = request.cache_dir() / f"{request.target}-{label(keep)}"
     if not request.fresh and (directory / "manifest.json").is_file():
-        with contextlib.suppress(KeyError, ValueError):
-            manifest = read_manifest(directory)
+        with contextlib.suppress(KeyError, ArtifactError):
+            manifest = load_manifest(directory)
             if _matches(manifest, request, keep) and (directory / manifest["artifact"]).exists():
                 return directory, True
     config = HiPruneConfig(keep=keep) if keep is not None else HiPruneConfig(prune=False)

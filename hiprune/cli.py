@@ -211,12 +211,9 @@ def build_engine_command(bundle_dir: Path, verify_level: str, verbose: bool) -> 
     """Build model.engine from a --target tensorrt bundle, on the device (TensorRT + GPU, or TensorRT-RTX)."""
 
     def action() -> Any:
-        from hiprune.artifacts import MANIFEST, verify_artifact
         from hiprune.runtime.tensorrt_build import build_engine_from_bundle
 
-        if (bundle_dir / MANIFEST).is_file():  # without one, the bundle check below says what the directory lacks
-            verify_artifact(bundle_dir, full=verify_level == "full")
-        return build_engine_from_bundle(bundle_dir)
+        return build_engine_from_bundle(bundle_dir, full=verify_level == "full")
 
     check, not_run = run_action(action, _verbose(verbose))
     # describe() names both sides: the bundle's graph on ONNX Runtime, or the fp32 reference outputs (bf16)

@@ -3,7 +3,7 @@
 Exit codes (the CLI's and the README's table): 0 success; 1 an unexpected error (a bug: rerun with --verbose for
 the traceback); 2 a setting or option; 3 the checkpoint; 4 the output path (exists, not writable, read-only or full
 filesystem); 5 the export or its post-export check; 6 an optional backend missing here; 7 not enough memory;
-8 an artifact that does not match its manifest; 130 interrupted.
+8 an artifact directory that is missing, has no readable manifest, or does not match it; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ EXIT_CODES: dict[int, str] = {
     5: "the export or its post-export check failed",
     6: "an optional backend (TensorRT, Core ML) is not available here",
     7: "the export would need more memory than is available",
-    8: "an artifact does not match its manifest (missing, truncated or corrupt file)",
+    8: "an artifact is missing, has no readable manifest, or does not match it (missing, truncated, corrupt file)",
     130: "interrupted (nothing written)",
 }
 
@@ -73,7 +73,8 @@ class ResourceError(HiPruneError):
 
 
 class ArtifactError(HiPruneError):
-    """An artifact directory does not match its manifest: a file missing, truncated or changed, or no manifest."""
+    """An artifact directory is missing or does not match its manifest: a file missing, truncated or changed, or
+    the manifest itself missing, not JSON or of an unknown format (whichever command reads it)."""
 
     exit_code = 8
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from hiprune.errors import ConfigError
-from hiprune.runtime.llm.base import RUNTIMES, STAGES
+from hiprune.runtime.llm.base import RUNTIMES, STAGES, check_max_new_tokens
 from hiprune.runtime.ort_session import share_cpu_threads
 
 if TYPE_CHECKING:
@@ -104,28 +104,26 @@ def entry() -> None:
 
 def _execute(err: Console, args: dict[str, Any]) -> tuple[ChainResult, Chain]:
     """Checks the cheap things first (tokens, JSON path, image), then loads the chain and runs it."""
-    if args["max_new_tokens"] < 1:
-        raise ConfigError(f"--max-new-tokens {args['max_new_tokens']} must be at least 1; pass how many to generate")
+    check_max_new_tokens(args["max_new_tokens"])
     if args["warmup"] < 0:
         raise ConfigError(f"--warmup {args['warmup']} must be 0 or more")
     json_path = args["json_path"]
     if json_path is not None and not Path(json_path).parent.is_dir():
         raise ConfigError(f"--json {json_path}: its directory does not exist; create it or pass another path")
+    from hiprune.artifacts import verify_artifact
     from hiprune.progress import Steps
     from hiprune.runtime.chain import Chain
-    from hiprune.runtime.encoders import checkpoint_of, load_artifact_manifest
+    from hiprune.runtime.encoders import checkpoint_of
     from hiprune.runtime.preprocess import load_image
 
-    manifest = load_artifact_manifest(args["artifact_dir"])
+    artifact = verify_artifact(args["artifact_dir"])  # its manifest, read once, goes to the chain
     picture = load_image(args["image"])
     layers = args["llm_layers"]
-    if checkpoint_of(manifest) is None and args["llm"] is None:
+    if checkpoint_of(artifact.manifest) is None and args["llm"] is None:
         layers = _default_model_note(err, args["device"], layers)
     steps = Steps(err)
     with steps.step(f"Loading the encoder artifact and the language model ({args['llm_runtime']}, {args['device']})"):
-        chain = Chain(
-            args["artifact_dir"], args["llm_runtime"], args["device"], args["llm"], layers, encoder=args["encoder"]
-        )
+        chain = Chain(artifact, args["llm_runtime"], args["device"], args["llm"], layers, encoder=args["encoder"])
     with chain:
         with steps.step(f"Warm-up ({args['warmup']} run{'s' * (args['warmup'] != 1)})"):
             for _ in range(args["warmup"]):

@@ -88,7 +88,10 @@ def test_verify_refuses_incomplete_or_unknown_artifacts(artifact, tmp_path, dama
 
 
 def test_build_engine_verifies_the_bundle_first(artifact, tmp_path):
-    """A truncated file is named before any TensorRT question is asked (exit 8, not 6 or a parser error)."""
+    """A truncated file is named before any TensorRT question is asked (exit 8, not 6 or a parser error); an
+    intact artifact of another target is refused next, from the same manifest (exit 2)."""
+    result = CliRunner().invoke(main, ["build-engine", str(artifact)])
+    assert result.exit_code == 2 and "is not a TensorRT bundle (exported for --target onnx)" in result.stderr
     copy = _copy(artifact, tmp_path)
     with (copy / "model.onnx").open("r+b") as handle:
         handle.truncate(10)

@@ -12,10 +12,11 @@ from typing import Any
 
 import numpy as np
 
+from hiprune.artifacts import Verified
 from hiprune.contract import IMAGE_EMBEDS, IOContract
 from hiprune.errors import CheckpointError, ConfigError
-from hiprune.runtime.encoders import checkpoint_of, load_artifact_manifest, open_runner, require_device
-from hiprune.runtime.llm.base import LLMRuntime, Timings, get_llm_runtime
+from hiprune.runtime.encoders import checkpoint_of, open_runner, require_device, verified_artifact
+from hiprune.runtime.llm.base import LLMRuntime, Timings, check_max_new_tokens, get_llm_runtime
 from hiprune.runtime.llm.loading import TextSide, checkpoint_digest, load_language_model
 from hiprune.runtime.preprocess import load_image_processor, preprocess
 
@@ -45,7 +46,8 @@ class Chain:
     """An artifact, its preprocessing, and a language-model runtime, ready to run images (use with ``with``).
 
     Args:
-        artifact_dir: a directory written by ``hiprune-export``.
+        artifact_dir: a directory written by ``hiprune-export`` (checked against its manifest first), or one
+            :func:`~hiprune.artifacts.verify_artifact` has checked already (its manifest is not read again).
         llm_runtime: a name in :data:`hiprune.runtime.llm.RUNTIMES`.
         device: ``cpu`` or ``cuda`` (the language model's device; ONNX artifacts use GPU providers when present).
         llm: the checkpoint whose language model to use; default: the one the artifact was exported from.
@@ -61,7 +63,7 @@ class Chain:
 
     def __init__(
         self,
-        artifact_dir: Path,
+        artifact_dir: Path | Verified,
         llm_runtime: str = "transformers",
         device: str = "cpu",
         llm: Path | None = None,
@@ -72,29 +74,29 @@ class Chain:
     ) -> None:
         require_device(device)
         runtime_cls = get_llm_runtime(llm_runtime)
-        self.artifact_dir = Path(artifact_dir)
-        self.manifest = load_artifact_manifest(self.artifact_dir)
+        verified = verified_artifact(artifact_dir)
+        self.artifact_dir, self.manifest = verified.directory, verified.manifest
         self.device = device
         self.io = IOContract.from_manifest(self.manifest)
         if self.io.batch != 1:
-            raise ConfigError(f"artifact {artifact_dir} has batch {self.io.batch}; export it with --batch 1")
+            raise ConfigError(f"artifact {self.artifact_dir} has batch {self.io.batch}; export it with --batch 1")
         if len(self.io.image_shape) != 3:
             raise ConfigError(
-                f"artifact {artifact_dir} takes {self.io.image_shape[0]} views per image (LLaVA-NeXT crops); "
+                f"artifact {self.artifact_dir} takes {self.io.image_shape[0]} views per image (LLaVA-NeXT crops); "
                 "hiprune-run runs single-view artifacts (LLaVA-1.5 style) so far"
             )
         self.kept = self.io.kept
-        checkpoint = self._checkpoint(llm)
+        checkpoint, digest = self._checkpoint(llm)
         self.processor = load_image_processor(self.artifact_dir, checkpoint_of(self.manifest))
         if reuse_llm_from is not None:
             self.runtime, self.text = self._reuse(reuse_llm_from, checkpoint, runtime_cls)
         else:
             placement, dtype = runtime_cls.model_placement(device)
-            lm, self.text = load_language_model(checkpoint, self.artifact_dir, llm_layers, placement, dtype)
+            lm, self.text = load_language_model(checkpoint, self.artifact_dir, llm_layers, placement, dtype, digest)
             self.runtime = runtime_cls(lm, device, **(runtime_options or {}))
         self.checkpoint = checkpoint
         self._check_width()
-        self.runner = open_runner(self.artifact_dir, device, encoder)
+        self.runner = open_runner(verified, device, encoder)
         self.runner.__enter__()
 
     def __enter__(self) -> Chain:
@@ -107,8 +109,10 @@ class Chain:
         if self.runner.active:
             self.runner.__exit__(None, None, None)
 
-    def _checkpoint(self, llm: Path | None) -> str | None:
-        """The language model's checkpoint; ``--llm`` must be the checkpoint the artifact was exported from."""
+    def _checkpoint(self, llm: Path | None) -> tuple[str | None, str | None]:
+        """The language model's checkpoint, and its weights digest where comparing ``--llm`` with the recorded one
+        computed it (the runtime caches are keyed by it); ``--llm`` must be the checkpoint the artifact was
+        exported from."""
         exported = checkpoint_of(self.manifest)
         if llm is None:
             if exported is not None and not (Path(exported) / "config.json").is_file():
@@ -116,23 +120,20 @@ class Chain:
                     f"artifact {self.artifact_dir} was exported from {exported}, which is not here; "
                     "pass --llm DIR with that checkpoint"
                 )
-            return exported
+            return exported, None
         llm = Path(llm)
         if not (llm / "config.json").is_file():
             raise CheckpointError(f"--llm {llm}: no config.json there; pass the checkpoint directory")
         recorded = self.manifest.get("language_model", {}).get("checkpoint_digest")
-        same = (
-            recorded == checkpoint_digest(llm)
-            if recorded
-            else (exported is not None and Path(exported).resolve() == llm.resolve())
-        )
+        digest = checkpoint_digest(llm) if recorded else None
+        same = recorded == digest if recorded else (exported is not None and Path(exported).resolve() == llm.resolve())
         if not same:
             source = self.manifest["source"]["source"]
             raise CheckpointError(
                 f"--llm {llm} is not the checkpoint artifact {self.artifact_dir} was exported from ({source}); "
                 "pass that checkpoint, or re-export the artifact from this one"
             )
-        return str(llm)
+        return str(llm), digest
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -183,8 +184,7 @@ class Chain:
 
     def run(self, image: Any, prompt: str, max_new_tokens: int = 16) -> ChainResult:
         """The whole chain once, stage by stage, synchronizing the device between stages for honest timings."""
-        if max_new_tokens < 1:
-            raise ConfigError(f"--max-new-tokens {max_new_tokens} must be at least 1; pass how many tokens to generate")
+        check_max_new_tokens(max_new_tokens)
         sync = self.runtime.synchronize
         marks = [time.perf_counter()]
         pixel_values = self.preprocess(image)

@@ -42,6 +42,16 @@ TOLERANCES: dict[tuple[str, str], Tolerance] = {
 }
 
 
+CHECK_SEED = 1
+
+
+def check_input(shape: tuple[int, ...]) -> np.ndarray:
+    """The seeded standard-normal ``pixel_values`` every check runs on: the export's checks against PyTorch, the
+    engine check of ``build-engine`` and ``check_reference.npz``, and ``compare.sh``'s data loader (which draws
+    them with numpy alone, on a device without torch)."""
+    return np.random.default_rng(CHECK_SEED).standard_normal(shape, dtype=np.float32)
+
+
 @dataclasses.dataclass(frozen=True)
 class Comparison:
     """How far one graph's outputs are from a reference's on the same input, and which gates they fail.

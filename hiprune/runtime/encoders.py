@@ -1,10 +1,11 @@
 """Encoder runners for the chain: one ``BaseRunner`` per artifact kind, chosen from the artifact's manifest.
 
-``open_runner(directory)`` reads ``manifest.json`` and returns the runner for its ``artifact``: ONNX Runtime for
-``model.onnx`` (CPU; the TensorRT and CUDA execution providers first when ``--device cuda`` and onnxruntime-gpu
-has them), Polygraphy's TensorRT runner for ``model.engine``, Core ML for ``model.mlpackage``. ``encoder="torch"``
-rebuilds the same :class:`~hiprune.export.encoder.PrunedEncoder` in PyTorch (eager on CPU; on CUDA fp16 weights
-under autocast, replayed as a CUDA graph) for machines without a compiled artifact; ``torch-eager`` skips the graph.
+``open_runner(directory)`` checks the directory against its ``manifest.json`` and returns the runner for its
+``artifact``: ONNX Runtime for ``model.onnx`` (CPU; the TensorRT and CUDA execution providers first when
+``--device cuda`` and onnxruntime-gpu has them), Polygraphy's TensorRT runner for ``model.engine``, Core ML for
+``model.mlpackage``. ``encoder="torch"`` rebuilds the same :class:`~hiprune.export.encoder.PrunedEncoder` in
+PyTorch (eager on CPU; on CUDA fp16 weights under autocast, replayed as a CUDA graph) for machines without a
+compiled artifact; ``torch-eager`` skips the graph.
 """
 
 from __future__ import annotations
@@ -15,50 +16,33 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from hiprune.artifacts import MANIFEST, read_manifest
+from hiprune.artifacts import Verified, verify_artifact
 from hiprune.contract import IMAGE_EMBEDS, INDICES, PIXEL_VALUES, IOContract
-from hiprune.errors import BackendUnavailableError, CheckpointError, ConfigError
+from hiprune.errors import ArtifactError, BackendUnavailableError, CheckpointError, ConfigError
 from hiprune.runtime.runners import BaseRunner, OrtRunner, TensorSpec
 
 ENCODER_CHOICES = ("auto", "torch", "torch-eager")
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
-
-
-def load_artifact_manifest(directory: Path) -> dict[str, Any]:
-    """The manifest of an artifact directory, or a one-line error saying what is missing."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise CheckpointError(f"artifact {directory}: no such directory; pass a directory written by hiprune-export")
-    if not (directory / MANIFEST).is_file():
-        raise CheckpointError(
-            f"artifact {directory}: no {MANIFEST}; pass a directory written by hiprune-export (it holds one)"
-        )
-    try:
-        return read_manifest(directory)
-    except ValueError as exc:
-        raise CheckpointError(f"artifact {directory}: {MANIFEST} is not valid JSON ({exc}); re-export it") from None
-
-
 VERIFY_CHOICES = ("sizes", "full")  # what open_runner checks against the manifest first
 
 
-def open_runner(directory: Path, device: str = "cpu", encoder: str = "auto", verify: str = "sizes") -> BaseRunner:
+def open_runner(
+    artifact_dir: Path | Verified, device: str = "cpu", encoder: str = "auto", verify: str = "sizes"
+) -> BaseRunner:
     """The runner for an artifact directory (not yet activated: use it with ``with``), after checking the directory
-    against its manifest (``verify``: ``sizes`` or ``full`` for sha256 too; a copy may be truncated)."""
-    from hiprune.artifacts import verify_artifact
-
+    against its manifest (``verify``: ``sizes`` or ``full`` for sha256 too; a copy may be truncated). A
+    :class:`~hiprune.artifacts.Verified` artifact is used as it is: its manifest is not read again."""
     if encoder not in ENCODER_CHOICES:
         raise ConfigError(f"--encoder {encoder!r} is unknown; choose one of {', '.join(ENCODER_CHOICES)}")
     if verify not in VERIFY_CHOICES:
         raise ConfigError(f"verify={verify!r} is unknown; choose one of {', '.join(VERIFY_CHOICES)}")
-    directory = Path(directory)
-    manifest = load_artifact_manifest(directory)
-    verify_artifact(directory, full=verify == "full")
+    verified = verified_artifact(artifact_dir, full=verify == "full")
+    directory, manifest = verified.directory, verified.manifest
     if encoder.startswith("torch"):
         return TorchEncoderRunner(manifest, device, cuda_graph=encoder == "torch")
     artifact = directory / manifest["artifact"]
     if not artifact.exists():
-        raise CheckpointError(f"artifact {directory}: {manifest['artifact']} is missing; re-export the directory")
+        raise ArtifactError(f"artifact {directory}: {manifest['artifact']} is missing; re-export the directory")
     contract = IOContract.from_manifest(manifest)
     if artifact.suffix == ".onnx":
         return OrtRunner(artifact, providers=ort_providers(device, directory), contract=contract)
@@ -72,6 +56,11 @@ def open_runner(directory: Path, device: str = "cpu", encoder: str = "auto", ver
 
         return CoreMLRunner(artifact, contract=contract)
     raise CheckpointError(f"artifact {directory}: no runner for {artifact.name}; expected .onnx, .engine or .mlpackage")
+
+
+def verified_artifact(artifact_dir: Path | Verified, full: bool = False) -> Verified:
+    """``artifact_dir`` checked against its manifest, or as it is where it was checked already."""
+    return artifact_dir if isinstance(artifact_dir, Verified) else verify_artifact(Path(artifact_dir), full=full)
 
 
 def ort_providers(device: str, directory: Path) -> tuple[Any, ...]:

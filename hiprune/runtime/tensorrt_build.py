@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from hiprune.artifacts import MANIFEST, read_manifest, sha256_file, write_manifest
+from hiprune.artifacts import MANIFEST, sha256_file, verify_artifact, write_manifest
 from hiprune.contract import IMAGE_EMBEDS, INDICES, PIXEL_VALUES, IOContract
 from hiprune.errors import ArtifactError, BackendUnavailableError, ConfigError, ExportError
-from hiprune.runtime.compare import TOLERANCES, Comparison, compare_outputs
+from hiprune.runtime.compare import TOLERANCES, Comparison, check_input, compare_outputs
 from hiprune.runtime.runners import BaseRunner, OrtRunner
 
 TENSORRT = "tensorrt"
@@ -35,10 +35,33 @@ MAX_MESSAGES = 3
 MODEL_FILE = "model.onnx"
 ENGINE_FILE = "model.engine"
 TIMING_CACHE = "timing.cache"
-CHECK_SEED = 1  # compare.sh's data loader draws the same input
 CHECK_REFERENCE = "check_reference.npz"  # bf16 bundles: the fp32 module's outputs on the check input
 REFERENCE_PRECISIONS = ("bf16",)  # graphs ONNX Runtime's CPU provider cannot run (no bf16 kernels)
 BUILD_INPUTS = (MODEL_FILE, f"{MODEL_FILE}.data", CHECK_REFERENCE)  # what build-engine reads from a bundle
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineSettings:
+    """Everything an engine build depends on: chosen from a device profile at export, recorded in the manifest
+    (``target_details.engine_settings``) and read back from it by ``build-engine``; the bundle's scripts render
+    the same settings as trtexec flags and Polygraphy loader args."""
+
+    device: str
+    precision: str
+    workspace_mib: int
+    builder_optimization_level: int
+
+    @property
+    def backend(self) -> str:
+        return TENSORRT_RTX if self.device == "rtx" else TENSORRT
+
+    def build(self, onnx_path: Path, engine_path: Path | None = None, backend: str | None = None) -> EngineBuild:
+        """Parses and builds ``onnx_path`` with these settings (by default with this device's TensorRT); TensorRT
+        proper reads and updates ``timing.cache`` beside ``engine_path``."""
+        backend = backend or self.backend
+        cache = engine_path.with_name(TIMING_CACHE) if engine_path is not None and backend == TENSORRT else None
+        level = self.builder_optimization_level
+        return build_serialized(onnx_path, backend, self.workspace_mib, level, cache, engine_path)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,11 +207,6 @@ def gpu_missing(backend: str) -> str | None:
     return None
 
 
-def check_input(shape: tuple[int, ...]) -> np.ndarray:
-    """The engine check's input: seeded standard-normal pixels (``compare.sh`` draws the same ones)."""
-    return np.random.default_rng(CHECK_SEED).standard_normal(shape, dtype=np.float32)
-
-
 def engine_runner(engine_path: Path, backend: str, io: IOContract | None = None) -> BaseRunner:
     """The runner for an engine built by ``backend``."""
     if backend == TENSORRT_RTX:
@@ -279,33 +297,16 @@ def main(argv: list[str]) -> int:
     return 0 if check.ok else 1
 
 
-@dataclasses.dataclass(frozen=True)
-class BundleSettings:
-    """What ``build-engine`` reads from a bundle's manifest (older manifests: profile defaults fill gaps)."""
-
-    device: str
-    precision: str
-    workspace_mib: int
-    builder_optimization_level: int
-
-    @property
-    def backend(self) -> str:
-        return TENSORRT_RTX if self.device == "rtx" else TENSORRT
-
-
 DEFAULT_BUILD = {"workspace_mib": 2048, "builder_optimization_level": 3}
 
 
-def bundle_settings(directory: Path) -> BundleSettings:
-    """Validates ``directory`` as a TensorRT bundle and reads its engine settings."""
-    if not (directory / MANIFEST).is_file() or not (directory / MODEL_FILE).is_file():
+def bundle_settings(directory: Path, manifest: dict[str, Any]) -> EngineSettings:
+    """The engine settings a TensorRT bundle's manifest records (older manifests: profile defaults fill gaps)."""
+    if manifest.get("target") != "tensorrt":
         raise ConfigError(
-            f"{directory} is not a TensorRT bundle (no manifest.json / {MODEL_FILE}); "
+            f"{directory} is not a TensorRT bundle (exported for --target {manifest.get('target')}); "
             "pass the directory `hiprune-export --target tensorrt` wrote"
         )
-    manifest = read_manifest(directory)
-    if manifest.get("target") != "tensorrt":
-        raise ConfigError(f"{directory} was exported for --target {manifest.get('target')}, not tensorrt")
     options = manifest.get("target_options") or {}
     given = (manifest.get("target_details") or {}).get("engine_settings") or {}
     known = {k: given[k] for k in ("workspace_mib", "builder_optimization_level") if k in given}
@@ -316,37 +317,32 @@ def bundle_settings(directory: Path) -> BundleSettings:
             "hiprune-export --target tensorrt"
         )
     device = given.get("device", options.get("device", "gpu"))
-    return BundleSettings(device=device, precision=precision, **{**DEFAULT_BUILD, **known})
+    return EngineSettings(device=device, precision=precision, **{**DEFAULT_BUILD, **known})
 
 
-def build_engine_from_bundle(directory: Path) -> tuple[Comparison | None, str | None]:
-    """``hiprune-export build-engine DIR``: build, check against ONNX Runtime, then move into the bundle.
+def build_engine_from_bundle(directory: Path, full: bool = False) -> tuple[Comparison | None, str | None]:
+    """``hiprune-export build-engine DIR``: verify, build, check against ONNX Runtime, then move into the bundle.
 
-    The engine is built and checked in a staging directory inside the bundle; only an engine that passes is
-    moved in and recorded in the manifest, so a failure leaves the bundle exactly as it was. Returns the check,
-    or why it could not run here (TensorRT-RTX builds without a GPU but runs only on RTX-class GPUs).
+    The bundle is first checked against its manifest (sizes, or with ``full`` every sha256) and the files the
+    build reads (:data:`BUILD_INPUTS`) against their sha256 whatever ``full`` says: an engine built from a
+    corrupted copy would pass its check, run against the same corrupted graph. The engine is built and checked in
+    a staging directory inside the bundle; only an engine that passes is moved in and recorded in the manifest,
+    so a failure leaves the bundle exactly as it was. Returns the check, or why it could not run here
+    (TensorRT-RTX builds without a GPU but runs only on RTX-class GPUs).
     """
-    settings = bundle_settings(directory)
+    manifest = verify_artifact(directory, full=full, sha256=BUILD_INPUTS).manifest
+    settings = bundle_settings(directory, manifest)
     missing = _run_missing(settings.backend)
-    require_recorded_inputs(directory)
     if missing is None and settings.precision in REFERENCE_PRECISIONS:
         load_check_reference(directory / CHECK_REFERENCE)  # refused before the build, not after it
     stage = Path(tempfile.mkdtemp(prefix=".build-engine.partial-", dir=directory))
     try:
-        cache = stage / TIMING_CACHE
         if (directory / TIMING_CACHE).is_file():
-            shutil.copyfile(directory / TIMING_CACHE, cache)
-        info = build_serialized(
-            directory / MODEL_FILE,
-            settings.backend,
-            settings.workspace_mib,
-            settings.builder_optimization_level,
-            timing_cache=cache if settings.backend == TENSORRT else None,
-            engine_path=stage / ENGINE_FILE,
-        )
+            shutil.copyfile(directory / TIMING_CACHE, stage / TIMING_CACHE)
+        info = settings.build(directory / MODEL_FILE, engine_path=stage / ENGINE_FILE)
         check = None
         if missing is None:
-            io = IOContract.from_manifest(read_manifest(directory))
+            io = IOContract.from_manifest(manifest)
             check = check_engine(directory / MODEL_FILE, stage / ENGINE_FILE, settings.backend, settings.precision, io)
             require_agreement(check)
         produced = sorted(path.name for path in stage.iterdir())
@@ -354,23 +350,8 @@ def build_engine_from_bundle(directory: Path) -> tuple[Comparison | None, str | 
             os.replace(stage / name, directory / name)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-    _record_engine(directory, info, check, missing, produced)
+    _record_engine(directory, manifest, info, check, missing, produced)
     return check, missing
-
-
-def require_recorded_inputs(directory: Path) -> None:
-    """The files the build reads must be byte for byte those the export checked (sha256 as recorded): an
-    engine built from a corrupted copy would pass its check, run against the same corrupted graph."""
-    files = read_manifest(directory).get("files") or {}
-    for name in (n for n in BUILD_INPUTS if n in files):
-        path = directory / name
-        if not path.is_file():
-            raise ArtifactError(f"{path} is missing; copy the bundle again, or re-export it")
-        if sha256_file(path) != files[name].get("sha256"):
-            raise ArtifactError(
-                f"{path} is corrupt: its sha256 differs from the manifest's; no engine was built; "
-                "copy the bundle again, or re-export it"
-            )
 
 
 def _run_missing(backend: str) -> str | None:
@@ -387,11 +368,16 @@ def _run_missing(backend: str) -> str | None:
 
 
 def _record_engine(
-    directory: Path, info: EngineBuild, check: Comparison | None, missing: str | None, produced: list[str]
+    directory: Path,
+    manifest: dict[str, Any],
+    info: EngineBuild,
+    check: Comparison | None,
+    missing: str | None,
+    produced: list[str],
 ) -> None:
-    """Records the engine; the export's file entries are kept as recorded and only ``produced`` is hashed,
-    so a bundle file corrupted since the export still fails ``verify`` afterwards."""
-    manifest = read_manifest(directory)
+    """Records the engine in ``manifest`` (the one read before the build); the export's file entries are kept as
+    recorded and only ``produced`` is hashed, so a bundle file corrupted since the export still fails ``verify``
+    afterwards."""
     files = {name: entry for name, entry in (manifest.get("files") or {}).items() if name not in produced}
     for name in produced:
         files[name] = {"sha256": sha256_file(directory / name), "bytes": (directory / name).stat().st_size}

@@ -13,11 +13,10 @@ import numpy as np
 import onnx_ir as ir
 import torch
 
-from hiprune.runtime.compare import TOLERANCES, Comparison, Tolerance, compare_outputs
+from hiprune.runtime.compare import TOLERANCES, Comparison, Tolerance, check_input, compare_outputs
 from hiprune.runtime.runners import OrtRunner
 from hiprune.targets.base import BuildJob
 
-VERIFY_SEED = 1
 REFERENCE_TOLERANCE = TOLERANCES[("onnx", "fp32")]  # fp32 graphs vs the fp32 module
 
 
@@ -40,21 +39,15 @@ def save_model(model: ir.Model, path: Path) -> None:
         data.unlink()
 
 
-def check_input(job: BuildJob) -> np.ndarray:
-    """The seeded ``pixel_values`` every check runs on (same input for every target and runtime)."""
-    from hiprune.export.encoder import example_input
-
-    return example_input(job.encoder, job.batch, seed=VERIFY_SEED).numpy()
-
-
 def reference_outputs(job: BuildJob) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """The check input and the PyTorch module's outputs on it, keyed by the contract's output names."""
     return job.reference
 
 
 def compute_reference(job: BuildJob) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Runs the PyTorch module once on the check input (:attr:`BuildJob.reference` keeps the result)."""
-    pixel_values = check_input(job)
+    """Runs the PyTorch module once on the check input (:attr:`BuildJob.reference` keeps the result): the same
+    seeded pixels the engine check and ``compare.sh`` use (:func:`~hiprune.runtime.compare.check_input`)."""
+    pixel_values = check_input(job.io.pixel_values.shape)
     with torch.no_grad():
         embeds, indices = job.encoder(torch.from_numpy(pixel_values))
     return pixel_values, job.io.name_outputs(embeds.numpy(), indices.numpy())

@@ -23,25 +23,27 @@ from hiprune.backends import jetson_model, tensorrt_missing, tensorrt_rtx_missin
 from hiprune.contract import PIXEL_VALUES
 from hiprune.errors import BackendUnavailableError, ExportError
 from hiprune.graphs.pipelines import tensorrt_ready
-from hiprune.runtime.compare import TOLERANCES, Comparison
+from hiprune.runtime.compare import CHECK_SEED, TOLERANCES, Comparison
 from hiprune.runtime.tensorrt_build import (
     CHECK_REFERENCE,
-    CHECK_SEED,
     ENGINE_FILE,
     MODEL_FILE,
     REFERENCE_PRECISIONS,
-    TENSORRT,
     TENSORRT_RTX,
     TIMING_CACHE,
-    EngineBuild,
-    build_serialized,
+    EngineSettings,
     check_engine,
-    check_input,
     require_agreement,
     save_check_reference,
 )
 from hiprune.targets.base import BuildJob, BuildOutput, Target
-from hiprune.targets.spine import REFERENCE_TOLERANCE, check_on_ort, save_model, traced_and_checked
+from hiprune.targets.spine import (
+    REFERENCE_TOLERANCE,
+    check_on_ort,
+    reference_outputs,
+    save_model,
+    traced_and_checked,
+)
 
 BUILD_LOG = "build.log"
 ENGINE_OUTPUTS = "engine_outputs.json"  # compare.sh: Polygraphy's saved outputs, judged by hiprune's comparison
@@ -77,52 +79,34 @@ PROFILES: dict[str, DeviceProfile] = {
 }
 
 
-@dataclasses.dataclass(frozen=True)
-class EngineSettings:
-    """Everything an engine build depends on; rendered both as trtexec flags and as Polygraphy loader args."""
+def profile_settings(device: str, precision: str) -> EngineSettings:
+    """The engine settings of the device profile ``device`` at ``precision``."""
+    profile = PROFILES[device]
+    return EngineSettings(device, precision, profile.workspace_mib, profile.builder_optimization_level)
 
-    device: str
-    precision: str
-    workspace_mib: int
-    builder_optimization_level: int
 
-    @classmethod
-    def for_profile(cls, device: str, precision: str) -> EngineSettings:
-        profile = PROFILES[device]
-        return cls(device, precision, profile.workspace_mib, profile.builder_optimization_level)
+def trtexec_args(engine: EngineSettings) -> list[str]:
+    return [
+        f"--onnx={MODEL_FILE}",
+        f"--saveEngine={ENGINE_FILE}",
+        "--stronglyTyped",  # precision comes from the graph's types (fp32 island kept)
+        f"--memPoolSize=workspace:{engine.workspace_mib}M",
+        f"--builderOptimizationLevel={engine.builder_optimization_level}",
+        f"--timingCacheFile={TIMING_CACHE}",
+        "--profilingVerbosity=detailed",
+        "--exportLayerInfo=layers.json",
+        "--skipInference",
+    ]
 
-    @property
-    def backend(self) -> str:
-        return TENSORRT_RTX if self.device == "rtx" else TENSORRT
 
-    def build(self, onnx_path: Path, engine_path: Path | None = None, backend: str | None = None) -> EngineBuild:
-        """Parses and builds ``onnx_path`` with these settings (by default with this device's TensorRT)."""
-        backend = backend or self.backend
-        cache = engine_path.with_name(TIMING_CACHE) if engine_path is not None and backend == TENSORRT else None
-        level = self.builder_optimization_level
-        return build_serialized(onnx_path, backend, self.workspace_mib, level, cache, engine_path)
-
-    def trtexec_args(self) -> list[str]:
-        return [
-            f"--onnx={MODEL_FILE}",
-            f"--saveEngine={ENGINE_FILE}",
-            "--stronglyTyped",  # precision comes from the graph's types (fp32 island kept)
-            f"--memPoolSize=workspace:{self.workspace_mib}M",
-            f"--builderOptimizationLevel={self.builder_optimization_level}",
-            f"--timingCacheFile={TIMING_CACHE}",
-            "--profilingVerbosity=detailed",
-            "--exportLayerInfo=layers.json",
-            "--skipInference",
-        ]
-
-    def polygraphy_args(self) -> list[str]:
-        return [
-            "--strongly-typed",
-            "--pool-limit",
-            f"workspace:{self.workspace_mib}M",
-            "--builder-optimization-level",
-            str(self.builder_optimization_level),
-        ]
+def polygraphy_args(engine: EngineSettings) -> list[str]:
+    return [
+        "--strongly-typed",
+        "--pool-limit",
+        f"workspace:{engine.workspace_mib}M",
+        "--builder-optimization-level",
+        str(engine.builder_optimization_level),
+    ]
 
 
 class TensorRTTarget(Target):
@@ -130,7 +114,7 @@ class TensorRTTarget(Target):
 
     def __init__(self, given: dict[str, str] | None = None) -> None:
         super().__init__(given)
-        self.engine = EngineSettings.for_profile(self.settings["device"], self.settings["precision"])
+        self.engine = profile_settings(self.settings["device"], self.settings["precision"])
 
     def check_available(self) -> None:
         if self.settings["build"] == "now" and (missing := self._build_missing()) is not None:
@@ -178,7 +162,7 @@ class TensorRTTarget(Target):
         }
         if self.engine.device != "rtx":
             write_scripts(stage, self.engine)
-            details["trtexec"] = "trtexec " + shlex.join(self.engine.trtexec_args())
+            details["trtexec"] = "trtexec " + shlex.join(trtexec_args(self.engine))
         note = self._engines(job, stage, details)
         return BuildOutput(details["artifact"], details, written, note=note, comparison_label=label)
 
@@ -216,15 +200,11 @@ class TensorRTTarget(Target):
         return check, f"check vs PyTorch ({precision} graph, ORT CPU)"
 
     def _write_check_reference(self, job: BuildJob, path: Path) -> None:
-        """The fp32 module's outputs on the engine check's input, which a bf16 engine is checked against
-        (``build-engine``, ``--build now``, ``compare.sh``): ONNX Runtime's CPU provider cannot run the graph."""
-        import torch
-
-        pixel_values = check_input(job.io.pixel_values.shape)
-        with job.steps.step(f"fp32 reference outputs on the engine check's input ({CHECK_REFERENCE})"):
-            with torch.no_grad():
-                embeds, indices = job.encoder(torch.from_numpy(pixel_values))
-            save_check_reference(path, job.io.feed(pixel_values), job.io.name_outputs(embeds.numpy(), indices.numpy()))
+        """The fp32 module's outputs on the check input (the export's own reference: the engine check draws the
+        same pixels), which a bf16 engine is checked against (``build-engine``, ``--build now``, ``compare.sh``):
+        ONNX Runtime's CPU provider cannot run the graph."""
+        pixel_values, reference = reference_outputs(job)
+        save_check_reference(path, job.io.feed(pixel_values), reference)
 
     def _engines(self, job: BuildJob, stage: Path, details: dict[str, Any]) -> str:
         """The real parser's verdict on the written graph, and the engine where one is built here."""
@@ -279,10 +259,10 @@ def write_scripts(directory: Path, engine: EngineSettings) -> None:
     )
     build = header + (
         'TRTEXEC="${TRTEXEC:-$(command -v trtexec || echo /usr/src/tensorrt/bin/trtexec)}"\n'
-        f'"$TRTEXEC" {shlex.join(engine.trtexec_args())} "$@" 2>&1 | tee {BUILD_LOG}\n'
+        f'"$TRTEXEC" {shlex.join(trtexec_args(engine))} "$@" 2>&1 | tee {BUILD_LOG}\n'
     )
     data = ["--data-loader-script", f"{CHECK_INPUT_SCRIPT}:load_data"]
-    engine_run = ["run", MODEL_FILE, "--trt", *engine.polygraphy_args(), *data, "--save-outputs", ENGINE_OUTPUTS]
+    engine_run = ["run", MODEL_FILE, "--trt", *polygraphy_args(engine), *data, "--save-outputs", ENGINE_OUTPUTS]
     if engine.precision in REFERENCE_PRECISIONS:
         reference, reference_run = CHECK_REFERENCE, ""
         said = f"the fp32 PyTorch outputs in {CHECK_REFERENCE} (ORT has no bf16 CPU kernels)"

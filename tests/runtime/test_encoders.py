@@ -10,7 +10,7 @@ import pytest
 from hiprune.api import ExportRequest, export
 from hiprune.backends import coreml_predict_missing, tensorrt_missing
 from hiprune.config import HiPruneConfig
-from hiprune.errors import BackendUnavailableError, CheckpointError
+from hiprune.errors import ArtifactError, BackendUnavailableError
 from hiprune.runtime.encoders import open_runner
 from hiprune.runtime.runners import OrtRunner
 
@@ -43,5 +43,5 @@ def test_open_runner_by_manifest(tiny_vlm, tmp_path):
             with pytest.raises(BackendUnavailableError):
                 runner.__enter__()
     missing = _with_artifact(result.output, tmp_path / "missing", "model.engine")
-    with pytest.raises(CheckpointError, match="model.engine is missing"):
+    with pytest.raises(ArtifactError, match="model.engine is missing"):
         open_runner(missing)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 
 import pytest
@@ -27,11 +28,31 @@ def _run(*args: str):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
-def test_run_writes_json(artifact, photo_file, tmp_path):
+def _counted(monkeypatch, calls, module, name):
+    real = getattr(module, name)
+
+    def counting(*args, **kwargs):
+        calls[name] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, counting)
+
+
+def test_run_writes_json(artifact, photo_file, tiny_vlm, tmp_path, monkeypatch):
+    """With --llm naming the artifact's own checkpoint: the manifest is read once, the weights digest computed once."""
+    import hiprune.artifacts
+    import hiprune.runtime.chain
+    import hiprune.runtime.llm.loading
+
+    calls = collections.Counter()
+    _counted(monkeypatch, calls, hiprune.artifacts, "load_manifest")
+    for module in (hiprune.runtime.chain, hiprune.runtime.llm.loading):
+        _counted(monkeypatch, calls, module, "checkpoint_digest")
     out = tmp_path / "run.json"
     args = ["--prompt", "Describe it.", "--max-new-tokens", "5", "--warmup", "0", "--json", out]
-    result = _run(artifact, "--image", photo_file, *args)
+    result = _run(artifact, "--image", photo_file, "--llm", tiny_vlm(image_size=48), *args)
     assert result.exit_code == 0, result.output
+    assert calls == {"load_manifest": 1, "checkpoint_digest": 1}
     body = json.loads(out.read_text())
     assert JSON_KEYS <= set(body) and set(body["timings_ms"]) == set(STAGES)
     assert body["kept_tokens"] == 12 and body["llm_runtime"] == "transformers" and body["device"] == "cpu"

@@ -21,14 +21,14 @@ from click.testing import CliRunner
 from oracle import paper_select, reference_scores
 
 from hiprune.api import ExportRequest, export
-from hiprune.artifacts import read_manifest, write_manifest
+from hiprune.artifacts import load_manifest, write_manifest
 from hiprune.backends import tensorrt_missing, tensorrt_rtx_missing, tensorrt_rtx_runtime_missing
 from hiprune.cli import main
 from hiprune.config import HiPruneConfig
-from hiprune.errors import BackendUnavailableError, ConfigError, ExportError
+from hiprune.errors import ArtifactError, BackendUnavailableError, ConfigError, ExportError
 from hiprune.graphs.tensorrt_compat import MAX_TOPK_K, TensorRTCompatibilityPass
 from hiprune.runtime import OrtRunner
-from hiprune.targets.tensorrt import PROFILES, EngineSettings, TensorRTTarget, write_scripts
+from hiprune.targets.tensorrt import PROFILES, TensorRTTarget, profile_settings, write_scripts
 
 needs_tensorrt = pytest.mark.skipif(tensorrt_missing() is not None, reason=f"{tensorrt_missing()}")
 # tensorrt-rtx is in the test extra wherever it has wheels: there a missing parser fails instead of skipping
@@ -126,6 +126,7 @@ def test_fp16_strongly_typed_graph_keeps_selection_fp32(tiny_checkpoint, referen
     assert checks["fp32_tensorrt_ready_on_ort"]["indices_equal"] is True
     # the summary and manifest report the graph that is written (fp16), not its fp32 twin
     assert checks["written_graph_on_ort"] == result.comparison_label == "check vs PyTorch (fp16 graph, ORT CPU)"
+    assert result.summary()[result.comparison_label] == result.comparison.describe()
     verification = result.manifest["verification"]
     assert verification["tolerance"]["atol"] == 5e-2 and verification["kept_overlap"] >= 0.9 * verification["kept"]
     assert_real_parser_built(result.manifest)
@@ -228,7 +229,7 @@ def test_engine_disagreement_is_an_error_with_both_numbers():
 
 @pytest.mark.parametrize("device", sorted(PROFILES))
 def test_scripts_carry_the_profile_flags(tmp_path, device):
-    engine = EngineSettings.for_profile(device, "fp16")
+    engine = profile_settings(device, "fp16")
     write_scripts(tmp_path, engine)
     build = (tmp_path / "build_engine.sh").read_text()
     compare = (tmp_path / "compare.sh").read_text()
@@ -255,9 +256,9 @@ def test_compare_script_feeds_the_python_checks_input(tmp_path, monkeypatch):
     """compare.sh's data loader draws exactly the input `build-engine` and the export check the engine on."""
     import runpy
 
-    from hiprune.runtime.tensorrt_build import check_input
+    from hiprune.runtime.compare import check_input
 
-    write_scripts(tmp_path, EngineSettings.for_profile("gpu", "fp16"))
+    write_scripts(tmp_path, profile_settings("gpu", "fp16"))
     (tmp_path / "manifest.json").write_text(json.dumps({"inputs": {"pixel_values": {"shape": [3, 3, 8, 8]}}}))
     monkeypatch.chdir(tmp_path)
     (feed,) = list(runpy.run_path("check_input.py")["load_data"]())
@@ -323,7 +324,7 @@ def test_build_now_without_tensorrt_fails_cleanly(tiny_checkpoint, tmp_path):
 
 def test_build_engine_command_errors(tiny_checkpoint, tmp_path):
     result = CliRunner().invoke(main, ["build-engine", str(tmp_path)])
-    assert result.exit_code == ConfigError.exit_code and "is not a TensorRT bundle" in result.stderr
+    assert result.exit_code == ArtifactError.exit_code and "manifest.json is missing" in result.stderr
     if tensorrt_missing() is not None:
         bundle = _export(tiny_checkpoint(), tmp_path, keep=4).output
         result = CliRunner().invoke(main, ["build-engine", str(bundle)])
@@ -355,7 +356,7 @@ def _planted_graph(tmp_path, fp16_bundle, edit):
     model = onnx.load(bundle / "model.onnx", load_external_data=False)
     edit(model)
     onnx.save(model, bundle / "model.onnx")
-    write_manifest(bundle, read_manifest(bundle))  # as if exported so: the manifest lists the planted graph
+    write_manifest(bundle, load_manifest(bundle))  # as if exported so: the manifest lists the planted graph
     return bundle
 
 
@@ -428,7 +429,7 @@ def test_build_engine_is_staged_and_imports_no_torch(fp16_bundle, tmp_path):
     fixed = onnx.load(bundle / "model.onnx", load_external_data=False)
     next(n for n in fixed.graph.node if n.output[0] == "_").output[0] = "anchor_scores"
     onnx.save(fixed, bundle / "model.onnx")
-    write_manifest(bundle, read_manifest(bundle))  # as if exported so: build-engine checks the graph's sha256
+    write_manifest(bundle, load_manifest(bundle))  # as if exported so: build-engine checks the graph's sha256
     script = (
         "import sys; from pathlib import Path; from hiprune.runtime.tensorrt_build import build_engine_from_bundle; "
         f"build_engine_from_bundle(Path({str(bundle)!r})); "

@@ -3,6 +3,7 @@ the fp32 reference their engine is checked against, and compare.sh judges with t
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import shlex
@@ -52,12 +53,28 @@ def _flip_byte(path, at=100):
     path.write_bytes(bytes(data))
 
 
+def _count_hashes(monkeypatch):
+    """Counts sha256 computations per file name over the build-engine path."""
+    import hiprune.artifacts
+    import hiprune.runtime.tensorrt_build
+
+    hashed, real = collections.Counter(), hiprune.artifacts.sha256_file
+
+    def counting(path, *args):
+        hashed[path.name] += 1
+        return real(path, *args)
+
+    for module in (hiprune.artifacts, hiprune.runtime.tensorrt_build):
+        monkeypatch.setattr(module, "sha256_file", counting)
+    return hashed
+
+
 def _listing(directory):
     return {p.name: p.read_bytes() for p in directory.iterdir()}
 
 
 @needs_rtx
-def test_build_engine_never_blesses_a_corrupted_bundle(gpu_bundle, tmp_path):
+def test_build_engine_never_blesses_a_corrupted_bundle(gpu_bundle, tmp_path, monkeypatch):
     graph = shutil.copytree(gpu_bundle, tmp_path / "graph")
     _flip_byte(graph / "model.onnx.data")
     before = _listing(graph)
@@ -78,13 +95,19 @@ def test_build_engine_never_blesses_a_corrupted_bundle(gpu_bundle, tmp_path):
     recorded = json.loads((gpu_bundle / "manifest.json").read_text())["files"]
     assert {k: v for k, v in files.items() if k != "model.engine"} == recorded
 
+    full = shutil.copytree(gpu_bundle, tmp_path / "full")
+    hashed = _count_hashes(monkeypatch)
+    assert CliRunner().invoke(main, ["build-engine", str(full), "--verify", "full"]).exit_code == 0
+    assert hashed == dict.fromkeys([*recorded, "model.engine"], 1)  # the build's inputs too: once each
+
 
 @needs_rtx
 def test_bf16_bundle_carries_the_fp32_reference(tiny_checkpoint, reference_model, tmp_path):
     """The engine check's reference for bf16 (ORT CPU has no bf16 kernels): the fp32 module's outputs on the
     check input, recorded in the bundle; a runner is judged against it with the bf16 tolerance, ORT never asked."""
+    from hiprune.runtime.compare import check_input
     from hiprune.runtime.runners import OrtRunner
-    from hiprune.runtime.tensorrt_build import CHECK_REFERENCE, check_engine, check_input
+    from hiprune.runtime.tensorrt_build import CHECK_REFERENCE, check_engine
 
     path = tiny_checkpoint()
     bf16 = _export(path, tmp_path / "bf16", "bf16", "rtx")
@@ -117,9 +140,9 @@ def test_compare_script_judges_with_the_project_comparison(tmp_path):
     """compare.sh saves each runner's outputs and judges them with hiprune.runtime.compare (all three gates);
     Polygraphy's elementwise check would pass an all-zero output here (every |Δ| ≤ atol)."""
     from hiprune.runtime.tensorrt_build import save_check_reference
-    from hiprune.targets.tensorrt import EngineSettings, write_scripts
+    from hiprune.targets.tensorrt import profile_settings, write_scripts
 
-    write_scripts(tmp_path, EngineSettings.for_profile("gpu", "fp16"))
+    write_scripts(tmp_path, profile_settings("gpu", "fp16"))
     compare = (tmp_path / "compare.sh").read_text()
     assert "--atol" not in compare and compare.count("--save-outputs") == 2 and "hiprune.runtime" in compare
     judge = next(line for line in compare.splitlines() if "hiprune.runtime" in line)

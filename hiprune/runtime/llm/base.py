@@ -102,7 +102,8 @@ class LLMRuntime(abc.ABC):
 
     @abc.abstractmethod
     def decode(self, prefill: Prefill, max_new_tokens: int) -> list[int]:
-        """Greedy ids starting with ``prefill.first_token``, at most ``max_new_tokens``, ending at EOS (kept)."""
+        """Greedy ids starting with ``prefill.first_token``, at most ``max_new_tokens`` (at least 1, as
+        :func:`check_max_new_tokens` ensures), ending at EOS (kept)."""
 
     def synchronize(self) -> None:
         """Waits for queued device work, so wall-clock stage timings are honest (no-op on CPU)."""
@@ -110,6 +111,14 @@ class LLMRuntime(abc.ABC):
             import torch
 
             torch.cuda.synchronize()
+
+
+def check_max_new_tokens(max_new_tokens: int) -> None:
+    """The one check of ``--max-new-tokens``: :meth:`Chain.run <hiprune.runtime.chain.Chain.run>` makes it for
+    every caller, and ``hiprune-run`` / ``hiprune-bench`` make it again before anything loads, so bad input
+    answers at once; runtimes' ``decode`` trusts it."""
+    if max_new_tokens < 1:
+        raise ConfigError(f"--max-new-tokens {max_new_tokens} must be at least 1; pass how many tokens to generate")
 
 
 def get_llm_runtime(name: str) -> type[LLMRuntime]:

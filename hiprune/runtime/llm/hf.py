@@ -69,8 +69,6 @@ class HfLLM(LLMRuntime):
         """Greedy continuation of ``prefill`` (consumes its state: decode each prefill once)."""
         import torch
 
-        if max_new_tokens < 1:
-            raise ConfigError(f"--max-new-tokens {max_new_tokens} must be at least 1")
         ids = [prefill.first_token]
         step = self._decode_static if self.static else self._decode_dynamic
         with torch.no_grad():

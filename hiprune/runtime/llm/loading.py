@@ -27,7 +27,7 @@ class TextSide:
 
 
 def load_language_model(
-    checkpoint: str | None, artifact_dir: Path, layers: int | None, device: str, dtype: str
+    checkpoint: str | None, artifact_dir: Path, layers: int | None, device: str, dtype: str, digest: str | None = None
 ) -> tuple[LanguageModel, TextSide]:
     """The causal LM (``layers`` first decoder layers, all when ``None``) on ``device`` in ``dtype``, and its text side.
 
@@ -37,6 +37,7 @@ def load_language_model(
         layers: keep only the first ``layers`` decoder layers (a quick run on a CPU).
         device: ``cpu`` or ``cuda``: where the weights are put.
         dtype: ``float32`` / ``float16`` / ``bfloat16``.
+        digest: the checkpoint's :func:`checkpoint_digest` where the caller has it (computed here otherwise).
     """
     import torch
 
@@ -44,7 +45,7 @@ def load_language_model(
     cache_dir = Path(artifact_dir).resolve().parent / LLM_CACHE
     if checkpoint is None:
         return _default_model(layers, device, torch_dtype, cache_dir)
-    return _checkpoint_model(Path(checkpoint), layers, device, torch_dtype, cache_dir)
+    return _checkpoint_model(Path(checkpoint), layers, device, torch_dtype, cache_dir, digest)
 
 
 def language_model_record(checkpoint: str | None) -> dict[str, Any]:
@@ -85,7 +86,7 @@ def _default_model(layers: int | None, device: str, dtype: Any, cache_dir: Path)
 
 
 def _checkpoint_model(
-    path: Path, layers: int | None, device: str, dtype: Any, cache_dir: Path
+    path: Path, layers: int | None, device: str, dtype: Any, cache_dir: Path, digest: str | None
 ) -> tuple[LanguageModel, TextSide]:
     from transformers import AutoConfig, AutoModelForImageTextToText
 
@@ -105,7 +106,8 @@ def _checkpoint_model(
     model = _causal_lm(vlm, config.text_config).to(device).eval()
     text = _text_side(checkpoint.path, config.image_token_id)
     eos = text.tokenizer.eos_token_id if text.tokenizer.eos_token_id is not None else config.text_config.eos_token_id
-    return LanguageModel(model, _checkpoint_key(checkpoint.path, depth), cache_dir, eos), text
+    key = f"{digest or checkpoint_digest(checkpoint.path)}-layers{depth}"
+    return LanguageModel(model, key, cache_dir, eos), text
 
 
 def _causal_lm(vlm: Any, text_config: Any) -> Any:
@@ -143,10 +145,6 @@ def _chat_template(path: Path, tokenizer: Any) -> str | None:
     if (path / "chat_template.json").is_file():
         return json.loads((path / "chat_template.json").read_text()).get("chat_template")
     return getattr(tokenizer, "chat_template", None)
-
-
-def _checkpoint_key(path: Path, layers: int) -> str:
-    return f"{checkpoint_digest(path)}-layers{layers}"
 
 
 def checkpoint_digest(path: Path) -> str:

@@ -100,8 +100,6 @@ class OrtLLM(LLMRuntime):
         return Prefill(int(logits.argmax()), torch.from_numpy(logits), present, embeds.shape[1])
 
     def decode(self, prefill: Prefill, max_new_tokens: int) -> list[int]:
-        if max_new_tokens < 1:
-            raise ConfigError(f"--max-new-tokens {max_new_tokens} must be at least 1")
         tokens = [prefill.first_token]
         past, length = prefill.state, prefill.length
         while len(tokens) < max_new_tokens and tokens[-1] != self.eos_token_id:
