@@ -1,6 +1,7 @@
-"""What only the GPU machine runs, exercised on the CPU: the encoder's fp16 dtype mix, both CUDA-graph capture
-fallbacks (the CPU's own "no CUDA" failure stands in for a capture a GPU refuses), and preprocessing where
-``AutoImageProcessor`` needs a missing torchvision (transformers 5.1x)."""
+"""What only the GPU machine runs, exercised on the CPU: the encoder's fp16 dtype mix, the language model's
+CUDA-graph capture and replay (over a CPU stand-in for CUDA graphs), both capture fallbacks (the CPU's own "no
+CUDA" failure stands in for a capture a GPU refuses), and preprocessing where ``AutoImageProcessor`` needs a
+missing torchvision (transformers 5.1x)."""
 
 from __future__ import annotations
 
@@ -86,3 +87,34 @@ def test_processor_when_auto_image_processor_needs_torchvision(pruned, photo, mo
     processor = load_image_processor(result.output, None)
     assert type(processor).__name__.endswith("Pil")
     np.testing.assert_array_equal(preprocess(processor, image, (1, 3, 48, 48)), want)
+
+
+def test_graph_capture_and_replay_give_the_dynamic_ids(pruned, monkeypatch):
+    """The CUDA-graph path's own logic (what runs at capture and what at replay: the cache counter's reset, the id
+    and position buffers, one prefill graph per prompt length, one decode graph) over a CPU stand-in for CUDA
+    graphs (tests/graph_replay.py): the dynamic cache's ids and first logits, prompt after prompt."""
+    from graph_replay import RecordedGraph
+
+    import hiprune.runtime.llm.hf as hf
+
+    monkeypatch.setattr(hf, "_Graph", RecordedGraph)
+    path, result = pruned
+    lm, _ = load_language_model(str(path), result.output, None, "cpu", "float32")
+    dynamic = HfLLM(lm, "cpu", static=False)
+    graphs = HfLLM(lm, "cpu", static=True, max_cache_len=40)
+    graphs.cuda_graphs = True  # the CUDA branch, captured and replayed by the stand-in
+    generator = torch.Generator().manual_seed(3)
+    prompts = [torch.randn(1, n, lm.model.config.hidden_size, generator=generator) for n in (12, 7)]
+    for embeds in (*prompts, prompts[0]):  # the third prompt replays the first one's graph
+        want = dynamic.prefill(embeds)
+        want_logits, want_ids = want.logits.clone(), dynamic.decode(want, 6)
+        got = graphs.prefill(embeds)
+        assert (got.logits - want_logits).abs().max() <= 1e-4
+        assert graphs.decode(got, 6) == want_ids and len(want_ids) > 1
+        cached = embeds.shape[1] + len(want_ids) - 1  # every token fed so far, at its own position
+        assert (_kv(graphs._buffers["cache"].layers, cached) - _kv(want.state.layers, cached)).abs().max() <= 1e-4
+    assert graphs.note is None and graphs.cuda_graphs and sorted(graphs._prefill_graphs) == [7, 12]
+
+
+def _kv(layers, length: int) -> torch.Tensor:
+    return torch.cat([t[:, :, :length] for layer in layers for t in (layer.keys, layer.values)])
