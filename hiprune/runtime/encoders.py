@@ -117,11 +117,13 @@ class TorchEncoderRunner(BaseRunner):
         self._spec = TensorSpec(pixel.name, pixel.shape, np.dtype(pixel.dtype))
         self._encoder: Any = None
         self._graph: Any = None
-        self._static: dict[str, Any] = {}
         self.note: str | None = None  # set when graph capture failed and the encoder runs eager
 
     def activate_impl(self) -> None:
+        import torch
+
         from hiprune.export.models import load_encoder
+        from hiprune.runtime.cuda_graph import CudaGraph, capture_failure
 
         loaded = load_encoder(checkpoint_of(self.manifest), hiprune_config_from_manifest(self.manifest))
         self._encoder = loaded.encoder.to(self.device)
@@ -129,35 +131,19 @@ class TorchEncoderRunner(BaseRunner):
             self._encoder = self._encoder.half()
         if self.cuda_graph:
             try:
-                self._capture()
+                self._graph = CudaGraph(self._forward, (torch.zeros(self._spec.shape, device=self.device),))
             except Exception as exc:  # the same forward, eager: slower, still correct
-                self._graph, self._static = None, {}
-                text = str(exc).strip().splitlines()
-                self.note = f"encoder CUDA graph capture failed ({text[0] if text else type(exc).__name__}); eager"
+                self._graph, self.note = None, capture_failure(exc, "encoder")
 
     def _forward(self, pixel_values: Any) -> tuple[Any, Any]:
         import torch
 
-        with torch.no_grad(), torch.autocast(self.device, dtype=torch.float16, enabled=self.fp16):
+        # no cast cache: a CUDA graph must not keep casts made while it was captured
+        with torch.no_grad(), torch.autocast(self.device, dtype=torch.float16, enabled=self.fp16, cache_enabled=False):
             return self._encoder(pixel_values)
 
-    def _capture(self) -> None:
-        import torch
-
-        static_in = torch.zeros(self._spec.shape, device=self.device)
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(3):  # warm-up on a side stream, as graph capture requires
-                self._forward(static_in)
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            embeds, indices = self._forward(static_in)
-        self._graph, self._static = graph, {"in": static_in, "out": (embeds, indices)}
-
     def deactivate_impl(self) -> None:
-        self._encoder, self._graph, self._static = None, None, {}
+        self._encoder, self._graph = None, None
 
     def input_specs(self) -> list[TensorSpec]:
         return [self._spec]
@@ -171,9 +157,8 @@ class TorchEncoderRunner(BaseRunner):
     def infer_torch(self, pixel_values: Any) -> tuple[Any, Any]:
         """Tensors in, tensors out on the runner's device (no host round trip on CUDA)."""
         if self._graph is not None:
-            self._static["in"].copy_(pixel_values, non_blocking=True)
-            self._graph.replay()
-            embeds, indices = self._static["out"]
+            self._graph.inputs[0].copy_(pixel_values, non_blocking=True)
+            embeds, indices = self._graph.replay()
             return embeds.clone(), indices.clone()
         return self._forward(pixel_values.to(self.device))
 

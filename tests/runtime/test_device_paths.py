@@ -12,6 +12,7 @@ from oracle import paper_select, reference_embeds, reference_scores
 
 from hiprune.api import ExportRequest, export
 from hiprune.config import HiPruneConfig
+from hiprune.runtime import cuda_graph
 from hiprune.runtime.encoders import TorchEncoderRunner
 from hiprune.runtime.llm.hf import HfLLM
 from hiprune.runtime.llm.loading import load_language_model
@@ -56,6 +57,23 @@ def test_encoder_capture_failure_runs_the_same_forward_eager(pruned):
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
+def test_encoder_graph_replays_what_eager_computes(pruned, monkeypatch):
+    """The encoder's capture (a static input buffer, fp16 under autocast) over the CPU stand-in for CUDA graphs
+    (tests/graph_replay.py): each replay gives the eager forward's indices and embeddings for its own image."""
+    from graph_replay import RecordedGraph
+
+    monkeypatch.setattr(cuda_graph, "CudaGraph", RecordedGraph)
+    _, result = pruned
+    graphed = TorchEncoderRunner(result.manifest, "cpu", fp16=True)
+    graphed.cuda_graph = True  # the CUDA branch, captured and replayed by the stand-in
+    with graphed, TorchEncoderRunner(result.manifest, "cpu", cuda_graph=False, fp16=True) as eager:
+        assert isinstance(graphed._graph, RecordedGraph) and graphed.note is None
+        for seed in (3, 4, 3):
+            (got, got_idx), (want, want_idx) = graphed.infer_torch(_pixels(seed)), eager.infer_torch(_pixels(seed))
+            assert torch.equal(got_idx, want_idx) and torch.equal(got, want)
+        assert not torch.equal(graphed.infer_torch(_pixels(4))[1], got_idx)  # the images keep different tokens
+
+
 def test_llm_capture_failure_falls_back_to_the_static_path(pruned):
     """A failed capture leaves the runtime on the eager static path: same ids and first logits as dynamic."""
     path, result = pruned
@@ -67,7 +85,7 @@ def test_llm_capture_failure_falls_back_to_the_static_path(pruned):
     graphs = HfLLM(lm, "cpu", static=True, max_cache_len=32)
     graphs.cuda_graphs = True  # the CUDA branch; capture fails here
     got = graphs.prefill(embeds)
-    assert not graphs.cuda_graphs and graphs.note.startswith("CUDA graph capture failed")
+    assert not graphs.cuda_graphs and graphs.note.startswith("language model CUDA graph capture failed")
     assert (got.logits - want_logits).abs().max() <= 1e-4
     assert graphs.decode(got, 6) == want_ids and len(want_ids) > 1
 
@@ -100,9 +118,7 @@ def test_graph_capture_and_replay_give_the_dynamic_ids(pruned, monkeypatch):
     graphs (tests/graph_replay.py): the dynamic cache's ids and first logits, prompt after prompt."""
     from graph_replay import RecordedGraph
 
-    import hiprune.runtime.llm.hf as hf
-
-    monkeypatch.setattr(hf, "_Graph", RecordedGraph)
+    monkeypatch.setattr(cuda_graph, "CudaGraph", RecordedGraph)
     path, result = pruned
     lm, _ = load_language_model(str(path), result.output, None, "cpu", "float32")
     dynamic = HfLLM(lm, "cpu", static=False)

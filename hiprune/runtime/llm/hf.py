@@ -14,10 +14,10 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from hiprune.errors import ConfigError
+from hiprune.runtime import cuda_graph
 from hiprune.runtime.llm.base import LanguageModel, LLMRuntime, Prefill
 
 DEFAULT_MAX_CACHE_LEN = 2048
-WARMUP_RUNS = 2
 
 
 class HfLLM(LLMRuntime):
@@ -49,8 +49,8 @@ class HfLLM(LLMRuntime):
         self._forward: Callable[..., Any] = torch.compile(self.model, dynamic=False) if compile else self.model
         self._cache_kwarg = cache_kwarg(self.model)
         self._buffers: dict[str, Any] = {}
-        self._prefill_graphs: dict[int, _Graph] = {}
-        self._decode_graph: _Graph | None = None
+        self._prefill_graphs: dict[int, cuda_graph.CudaGraph] = {}
+        self._decode_graph: cuda_graph.CudaGraph | None = None
 
     def embed(self, input_ids: Any) -> Any:
         import torch
@@ -174,14 +174,14 @@ class HfLLM(LLMRuntime):
 
         try:
             if self._decode_graph is None:  # before any prefill: its warm-up runs may overwrite the buffers
-                self._decode_graph = _Graph(self._decode_body, ())
+                self._decode_graph = cuda_graph.CudaGraph(self._decode_body, ())
             if length not in self._prefill_graphs:
                 positions = torch.arange(length, device=self.device)[None]
-                self._prefill_graphs[length] = _Graph(self._prefill_body, (torch.zeros_like(embeds), positions))
+                inputs = (torch.zeros_like(embeds), positions)
+                self._prefill_graphs[length] = cuda_graph.CudaGraph(self._prefill_body, inputs)
         except Exception as exc:  # capture is all-or-nothing: fall back to the same static path, eager
             self.cuda_graphs, self._decode_graph, self._prefill_graphs = False, None, {}
-            text = str(exc).strip().splitlines()
-            self.note = f"CUDA graph capture failed ({text[0] if text else type(exc).__name__}); running eager"
+            self.note = cuda_graph.capture_failure(exc, "language model")
 
 
 def cache_kwarg(model: Any) -> str:
@@ -195,25 +195,3 @@ def returned_cache(output: Any) -> Any:
     """The KV cache a forward returned: ``output.cache`` in transformers 5.2x, ``past_key_values`` before."""
     cache = getattr(output, "cache", None)
     return cache if cache is not None else output.past_key_values
-
-
-class _Graph:
-    """``fn(*inputs)`` warmed up on a side stream, captured once, replayed over the same input buffers."""
-
-    def __init__(self, fn: Callable[..., Any], inputs: tuple[Any, ...]) -> None:
-        import torch
-
-        self.inputs = inputs
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream), torch.no_grad():
-            for _ in range(WARMUP_RUNS):
-                fn(*inputs)
-        torch.cuda.current_stream().wait_stream(stream)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph), torch.no_grad():
-            self.output = fn(*inputs)
-
-    def replay(self) -> Any:
-        self.graph.replay()
-        return self.output
