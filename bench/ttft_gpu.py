@@ -1,7 +1,9 @@
 """GPU time to first token through the product's chain, full (576 tokens) vs keep 64, LLaVA-1.5-7B shapes:
 CLIP-L/336 encoder + projector and the 32-layer 4096-wide language model, random weights, float16, batch 1.
-Prints JSON; every ratio comes from one run. Sized for one H100/H200 in under 8 minutes (estimate: 2-4 minutes,
-most of it the two default ONNX exports on the CPU and loading the 7B model twice).
+Prints JSON; every ratio comes from one run. Sized for one H100/H200 in under 8 minutes (an estimate, never
+measured on a GPU: 2-4 minutes, most of it the two default ONNX exports, which run on the CPU in fp32 whatever the
+device, about 30 s each on 2 idle cores of the CPU machine; without onnxruntime-gpu the encoder then runs in
+PyTorch and the exported file supplies only the manifest).
 
     python bench/ttft_gpu.py [--repeats 20] [--out out/bench-gpu] [--configs graphs,eager] [--json PATH]
 

@@ -139,3 +139,36 @@ def test_graph_capture_and_replay_give_the_dynamic_ids(pruned, monkeypatch):
 
 def _kv(layers, length: int) -> torch.Tensor:
     return torch.cat([t[:, :, :length] for layer in layers for t in (layer.keys, layer.values)])
+
+
+def test_chain_in_the_cuda_configuration_generates_the_fp32_ids(pruned, photo, monkeypatch):
+    """The chain as CUDA runs it (fp16 encoder under autocast and fp16 language model, static cache, both
+    captured and replayed by the CPU stand-in for CUDA graphs) generates what the fp32 eager chain does."""
+    from graph_replay import RecordedGraph
+
+    from hiprune.runtime import encoders
+    from hiprune.runtime.chain import Chain
+
+    _, result = pruned
+    image = photo(64, seed=5)
+    with Chain(result.output, encoder="torch") as reference:
+        want = reference.run(image, "What is it?", 8).generated_ids
+    monkeypatch.setattr(cuda_graph, "CudaGraph", RecordedGraph)
+    runner_init, llm_init = encoders.TorchEncoderRunner.__init__, HfLLM.__init__
+
+    def cuda_runner(self, manifest, device="cpu", cuda_graph=True, fp16=None):
+        runner_init(self, manifest, device, cuda_graph, fp16=True)
+        self.cuda_graph = True
+
+    def cuda_llm(self, *args, **kwargs):
+        llm_init(self, *args, **kwargs)
+        self.cuda_graphs = True
+
+    monkeypatch.setattr(encoders.TorchEncoderRunner, "__init__", cuda_runner)
+    monkeypatch.setattr(HfLLM, "__init__", cuda_llm)
+    options = {"dtype": "float16", "static": True, "max_cache_len": 128}
+    with Chain(result.output, encoder="torch", runtime_options=options) as chain:
+        got = [chain.run(image, "What is it?", 8).generated_ids for _ in range(2)]
+        assert isinstance(chain.runner._graph, RecordedGraph) and list(chain.runtime._prefill_graphs)
+        assert chain.runtime.model.dtype == torch.float16 and chain.runner.note is None is chain.runtime.note
+    assert got == [want, want] and len(want) > 1
