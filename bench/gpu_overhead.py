@@ -120,10 +120,10 @@ def select_costs(args: argparse.Namespace) -> dict:
     return result
 
 
-def emit(result: dict, path: Path | None, section: str) -> None:
+def emit(result: dict, path: Path | None, section: str, part: dict) -> None:
     """One section's numbers to stderr at once, and the whole result so far to ``path`` (a timeout keeps them)."""
-    print(f"{section}: {json.dumps({k: result[k] for k in result if k not in ('device', 'dtype', 'batch')})}",
-          file=sys.stderr, flush=True)  # fmt: skip
+    result.update(part)
+    print(f"{section}: {json.dumps(part)}", file=sys.stderr, flush=True)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=2) + "\n")
@@ -147,13 +147,10 @@ def main() -> None:
     name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu (smoke run)"
     result: dict = {"device": name, "dtype": args.dtype, "batch": args.batch, "torch": torch.__version__}
     with torch.inference_mode():
-        result.update(module_costs(args, DTYPES[args.dtype]))
-        emit(result, args.json, "module")
+        emit(result, args.json, "module", module_costs(args, DTYPES[args.dtype]))
         if args.device == "cuda":
             torch.cuda.empty_cache()
-        result.update(select_costs(args))
-    result["goals"] = {"cuda_graphs": 1.03, "eager": 1.10}
-    emit(result, args.json, "select")
+        emit(result, args.json, "select", {**select_costs(args), "goals": {"cuda_graphs": 1.03, "eager": 1.10}})
     print(json.dumps(result, indent=2))
 
 

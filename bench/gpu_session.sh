@@ -105,8 +105,10 @@ run_step() {  # name, timeout seconds, command...
     say "$name (timeout ${limit}s): $*"
     timeout -k 10 "$limit" "$@" >>"$OUT/$name.log" 2>&1
     rc=$?
-    [ "$rc" = 124 ] && say "$name timed out after ${limit}s: its JSON holds what it finished"
-    say "$name exit $rc; last lines:" && tail -n 4 "$OUT/$name.log" | tee -a "$LOG"
+    case $rc in 124 | 137) say "$name timed out after ${limit}s: its JSON holds what it finished" ;; esac
+    say "$name exit $rc; its progress lines:"
+    grep -E '^[a-z_]+: ' "$OUT/$name.log" | tail -n 6 | tee -a "$LOG"
+    [ "$rc" = 0 ] || tail -n 3 "$OUT/$name.log" | tee -a "$LOG"
     return "$rc"
 }
 
