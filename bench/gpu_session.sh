@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The GPU benchmarks in one device call: environment check, offline install, bench/gpu_overhead.py, then
 # bench/ttft_gpu.py, each under its own timeout so that the whole stays within SESSION_S (default 540 s).
-# JSON and logs go to $OUT (the device's result folder; out/gpu-session elsewhere), 7 files at most:
-# session.log, gpu_overhead.{json,log}, ttft_gpu.{json,log}, bench-graphs.json, bench-eager.json.
+# JSON and logs go to $OUT (the device's result folder; out/gpu-session elsewhere), 8 files at most:
+# session.log, device_tests.log, gpu_overhead.{json,log}, ttft_gpu.{json,log}, bench-graphs.json, bench-eager.json.
+# On the device it first runs the tests that need torchvision (absent from the CPU machine's torch build):
+# preprocessing with the torchvision image processor against the paper's selection.
 #
 #   here, before the call:   make wheels-for-device            (fills .whl/, git-ignored, well under 1 MiB)
 #   the device call:         bash bench/gpu_session.sh         (carry [".whl"], timeout_s 600)
@@ -136,6 +138,10 @@ say "mode $MODE, device $DEVICE, results in $OUT, session budget ${SESSION_S}s"
 install_here
 check_env
 [ "$MODE" = --cpu-smoke ] && tiny_checkpoint "$SMOKE_MODEL"
+if [ "$MODE" = device ]; then
+    run_step device_tests 120 "$PY" -m pytest -q -p no:cacheprovider tests/runtime/test_preprocess.py \
+        tests/runtime/test_chain.py -k "torchvision or device or host"
+fi
 
 overhead_limit=$(($(left) - TTFT_RESERVE))
 [ "$overhead_limit" -gt "$OVERHEAD_CAP" ] && overhead_limit=$OVERHEAD_CAP

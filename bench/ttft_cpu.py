@@ -3,7 +3,7 @@ the CLIP-L/336 encoder artifact (ONNX Runtime) and a LLaVA-1.5-7B-wide language 
 truncated to ``--llm-layers`` decoder layers. Prints JSON; all ratios come from one run.
 
     python bench/ttft_cpu.py [--llm-runtime transformers,onnxruntime] [--repeats 5] [--llm-layers 2] [--out DIR]
-                             [--ort-threads shared|own]
+                             [--ort-threads own|shared]
 
 The goal: the chain's TTFT ratio (full / keep 64) is at least 0.9 x the component-ideal ratio (encoder + prefill
 timed on their own), i.e. the runtime glue (preprocessing, splicing, transfers) does not eat the pruning gain.
@@ -47,8 +47,8 @@ def main() -> None:
     parser.add_argument("--llm-layers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("out/bench-cpu"))
     parser.add_argument(
-        "--ort-threads", choices=("shared", "own"), default="shared",
-        help="ONNX Runtime sessions on one process-wide thread pool (as in hiprune-bench), or each on its own",
+        "--ort-threads", choices=("own", "shared"), default="own",
+        help="each ONNX Runtime session with its own thread pool (as hiprune-bench), or one process-wide pool",
     )  # fmt: skip
     args = parser.parse_args()
     if args.ort_threads == "shared":

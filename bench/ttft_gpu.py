@@ -15,8 +15,10 @@ Configurations, each through ``hiprune.bench.run_bench`` (the same protocol as `
   (what plain PyTorch/transformers gives), for comparison.
 - ``compiled`` (opt-in): ``graphs`` with the language model through ``torch.compile`` (inductor) before capture.
 Goal: ``graphs`` TTFT full / keep 64 >= 2.0 (aim 2.4); the issue's H200 anchor is 2.19 with plain HF under CUDA
-graphs, 1.19 eager, both without preprocessing, which the chain's TTFT includes (the image processor on the CPU,
-the same milliseconds for every budget: it lowers the ratio; ``ideal_ttft_full_over_pruned`` leaves it out).
+graphs, 1.19 eager, both without preprocessing, which the chain's TTFT includes (the same milliseconds for every
+budget: it lowers the ratio; ``ideal_ttft_full_over_pruned`` leaves it out). With the PyTorch encoder on CUDA and
+torchvision installed, the chain resizes and normalises on the GPU (the processor's torchvision backend; the PIL
+backend on the CPU took about 10 ms per image); ``preprocess`` in the output says which ran.
 Each configuration's result is printed to stderr (and ``--json`` rewritten) as soon as it is
 measured, so a timeout keeps what was finished; a configuration that fails is recorded as a one-line error and
 the next one still runs. ``--device cpu`` (with ``--model DIR`` or ``--llm-layers N``) runs the same plumbing on
@@ -109,6 +111,8 @@ def measure(name: str, args: argparse.Namespace) -> dict:
         "llm_options": options,
         "llm_note": runtimes["llm_note"],
         "encoder_note": runtimes.get("encoder_note"),
+        "preprocess": runtimes.get("preprocess"),
+        "preprocess_note": runtimes.get("preprocess_note"),
         "precision": report["precision"],
         "artifacts_reused": all(b["reused"] for b in report["budgets"]),
         "prompt_tokens": {b["budget"]: b["prompt_tokens"] for b in report["budgets"]},
@@ -149,7 +153,7 @@ def run_configs(args: argparse.Namespace, result: dict) -> None:
         except Exception as exc:  # keep the other configurations' numbers
             result[name] = {"error": _one_line(exc)}
         emit(result, args.json, f"{name}: {json.dumps(result[name])}")
-        for key in ("llm_note", "encoder_note"):
+        for key in ("llm_note", "encoder_note", "preprocess_note"):
             if result[name].get(key):
                 print(f"warning: {name}: {result[name][key]}", file=sys.stderr, flush=True)
 

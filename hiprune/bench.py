@@ -285,6 +285,8 @@ def _report(request: BenchRequest, chain: Any, budgets: list[dict]) -> dict[str,
             "llm_options": dict(request.runtime_options),
             "llm_note": getattr(runtime, "note", None),
             "encoder_note": getattr(chain.runner, "note", None),
+            "preprocess": chain.preprocess_backend,
+            "preprocess_note": chain.preprocess_note,
         },  # fmt: skip
         "settings": {
             "encoder": request.encoder,

@@ -8,7 +8,6 @@ from typing import Any
 import click
 
 from hiprune.bench import DEFAULT_KEEP, DEFAULT_PROMPT, BenchRequest, parse_keep
-from hiprune.runtime.ort_session import share_cpu_threads
 
 TARGETS = ("onnx", "tensorrt", "coreml")  # the registry's names, listed here so --help imports no torch
 
@@ -52,12 +51,6 @@ def main(**kwargs: Any) -> None:
 
     report, request = run_action(action, verbose)
     print_summary(report, request.out)
-
-
-def entry() -> None:
-    """The ``hiprune-bench`` console script: its own process, so its ONNX Runtime sessions share one thread pool."""
-    share_cpu_threads()
-    main()
 
 
 def print_summary(report: dict[str, Any], out: Path) -> None:

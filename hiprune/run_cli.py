@@ -16,7 +16,6 @@ import click
 
 from hiprune.errors import ConfigError
 from hiprune.runtime.llm.base import RUNTIMES, STAGES, check_max_new_tokens
-from hiprune.runtime.ort_session import share_cpu_threads
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -94,12 +93,6 @@ def main(
     args = locals()
     result, chain = run_action(lambda: _execute(err, args), verbose)
     _print_result(Console(), result, chain, warmup)
-
-
-def entry() -> None:
-    """The ``hiprune-run`` console script: its own process, so its ONNX Runtime sessions share one thread pool."""
-    share_cpu_threads()
-    main()
 
 
 def _execute(err: Console, args: dict[str, Any]) -> tuple[ChainResult, Chain]:

@@ -1,12 +1,12 @@
 """Every ONNX Runtime session the product opens, made in one place.
 
 A chain holds two sessions in one process when the encoder artifact and the language model both run on ONNX
-Runtime. By default each session owns an intra-op thread pool with one worker per core, and a pool's workers keep
-spinning for a while after each call; on a small CPU the encoder's idle workers then take cores from the decoder's
-prefill and the other way round. ONNX Runtime's answer is its **global thread pool**: every session of the process
-shares one set of workers. It is process-wide and, once created, refuses any later session that asks for a pool of
-its own, so it is opt-in: the ``hiprune-run`` and ``hiprune-bench`` console scripts (processes this package owns)
-turn it on with :func:`share_cpu_threads`; code that imports the package keeps ordinary per-session pools.
+Runtime. By default each session owns an intra-op thread pool with one worker per physical core. ONNX Runtime can
+instead give every session of a process one **global thread pool**, which it recommends where sessions contend
+for cores. It is process-wide and, once made, refuses any later session that asks for a pool of its own, so here
+it is opt-in (:func:`share_cpu_threads`; ``bench/ttft_cpu.py --ort-threads shared``). On the 2-core CPU machine
+the chain's TTFT with the two pools shared was not measurably different from separate pools (README,
+*Benchmarks*), so the console scripts keep ONNX Runtime's default.
 """
 
 from __future__ import annotations

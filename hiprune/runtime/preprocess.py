@@ -93,15 +93,42 @@ def load_image(image: Any) -> Any:
         raise ConfigError(f"--image {path}: cannot be decoded as an image ({reason}); pass a PNG/JPEG") from None
 
 
-def preprocess(processor: Any, image: Any, shape: tuple[int, ...]) -> np.ndarray:
-    """One image → float32 ``pixel_values`` of the artifact's input ``shape`` (1, 3, H, W)."""
-    pixel_values = processor(images=load_image(image), return_tensors="np")[PIXEL_VALUES].astype(np.float32)
+def preprocess(processor: Any, image: Any, shape: tuple[int, ...], device: str | None = None) -> Any:
+    """One image → float32 ``pixel_values`` of the artifact's input ``shape`` (1, 3, H, W).
+
+    Args:
+        device: ``None``: a numpy array made on the host. A torch device (with a torchvision-backend processor,
+            see :func:`on_device`): a tensor resized and normalised on that device.
+    """
+    if device is None:
+        pixel_values = processor(images=load_image(image), return_tensors="np")[PIXEL_VALUES].astype(np.float32)
+    else:
+        pixel_values = processor(images=load_image(image), return_tensors="pt", device=device)[PIXEL_VALUES].float()
     if tuple(pixel_values.shape) != tuple(shape):
         raise ConfigError(
             f"the image processor gives {PIXEL_VALUES} {list(pixel_values.shape)}, the artifact takes {list(shape)}; "
             "the artifact and its preprocessor_config.json disagree, re-export the artifact"
         )
-    return np.ascontiguousarray(pixel_values)
+    return np.ascontiguousarray(pixel_values) if device is None else pixel_values
+
+
+def on_device(processor: Any) -> Any | None:
+    """``processor`` itself, or its torchvision-backend class with the same settings, which resizes and normalises
+    on whatever device the pixels are sent to (a GPU: no host-side resize in the time to first token); ``None``
+    where torchvision is not installed or transformers has no torchvision class for it."""
+    try:
+        import torchvision  # noqa: F401
+        import transformers
+        from transformers.image_processing_backends import TorchvisionBackend
+    except Exception:  # not installed, or built for another torch (its import then raises RuntimeError)
+        return None
+    if isinstance(processor, TorchvisionBackend):
+        return processor
+    twin = getattr(transformers, type(processor).__name__.removesuffix("Pil"), None)
+    if not (isinstance(twin, type) and issubclass(twin, TorchvisionBackend)):
+        return None
+    settings = {k: v for k, v in processor.to_dict().items() if k not in ("image_processor_type", "processor_class")}
+    return twin(**settings)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -90,15 +91,10 @@ def pruned_artifact(tiny_vlm, tmp_path_factory):
     return path, export(ExportRequest(hiprune=HiPruneConfig(keep=10, alpha=0.5), model=str(path), output=out))
 
 
-@pytest.mark.parametrize("encoder", ["auto", "torch"])
-def test_pruned_artifact_matches_llava_fed_oracle_tokens(pruned_artifact, photo, encoder, reference_model):
-    """Pruned artifact = HF LLaVA given the paper-loop oracle's kept projected features at K placeholders."""
-    path, result = pruned_artifact
-    h = result.manifest["hiprune"]
+def _oracle(model, tokenizer, pixel_values, manifest_hiprune):
+    """The paper loop's kept indices, and HF LLaVA's greedy ids and first logits with those tokens spliced in."""
+    h = manifest_hiprune
     keep, alpha = h["keep"], h["alpha"]
-    model, (tokenizer, processor) = reference_model(path), _text_and_images(str(path))
-    image = photo(80, seed=7)
-    pixel_values = torch.from_numpy(processor(images=image, return_tensors="np")["pixel_values"])
     with torch.no_grad():
         s_obj, s_deep, hidden = reference_scores(model, pixel_values, h["object_layer"], h["deep_layer"])
         indices = paper_select(s_obj, s_deep, keep, alpha, 6, "paper")
@@ -111,12 +107,58 @@ def test_pruned_artifact_matches_llava_fed_oracle_tokens(pruned_artifact, photo,
             (input_ids == model.config.image_token_id)[..., None], kept
         )
     want_ids, want_logits = _generate(model, tokenizer, inputs_embeds=embeds, attention_mask=torch.ones_like(input_ids))
+    return indices, want_ids, want_logits
+
+
+@pytest.mark.parametrize("encoder", ["auto", "torch"])
+def test_pruned_artifact_matches_llava_fed_oracle_tokens(pruned_artifact, photo, encoder, reference_model):
+    """Pruned artifact = HF LLaVA given the paper-loop oracle's kept projected features at K placeholders."""
+    path, result = pruned_artifact
+    model, (tokenizer, processor) = reference_model(path), _text_and_images(str(path))
+    image = photo(80, seed=7)
+    pixel_values = torch.from_numpy(processor(images=image, return_tensors="np")["pixel_values"])
+    indices, want_ids, want_logits = _oracle(model, tokenizer, pixel_values, result.manifest["hiprune"])
     with Chain(result.output, encoder=encoder) as chain:
         got = chain.runner.infer({"pixel_values": chain.preprocess(image)})
         got_ids, got_logits = _chain_ids_and_logits(chain, image)
     np.testing.assert_array_equal(got["indices"], indices.numpy())
     assert got_ids == want_ids and len(want_ids) > 1
     assert (got_logits - want_logits).abs().max() <= 1e-4
+
+
+def test_preprocessing_on_the_encoders_device_matches_the_oracle(pruned_artifact, photo, reference_model):
+    """The PyTorch runner's path on CUDA, here on the CPU: pixel values made as tensors by the processor's
+    torchvision backend on the runner's device, straight into the encoder; the oracle gets that backend's pixels."""
+    pytest.importorskip("torchvision")
+    from hiprune.runtime.preprocess import on_device
+
+    path, result = pruned_artifact
+    model, (tokenizer, processor) = reference_model(path), _text_and_images(str(path))
+    twin = on_device(processor)
+    image = photo(80, seed=7)
+    pixel_values = torch.from_numpy(twin(images=image, return_tensors="np")["pixel_values"])
+    indices, want_ids, want_logits = _oracle(model, tokenizer, pixel_values, result.manifest["hiprune"])
+    with Chain(result.output, encoder="torch") as chain:
+        assert chain.pixel_device is None and chain.preprocess_on("cpu")
+        assert chain.preprocess_backend == f"{type(twin).__name__} on cpu"
+        made = chain.preprocess(image)
+        got = chain.runner.infer_torch(made)
+        got_ids, got_logits = _chain_ids_and_logits(chain, image)
+    assert isinstance(made, torch.Tensor) and torch.equal(made, pixel_values)
+    np.testing.assert_array_equal(got[1].numpy(), indices.numpy())
+    assert got_ids == want_ids and len(want_ids) > 1
+    assert (got_logits - want_logits).abs().max() <= 1e-4
+
+
+def test_without_torchvision_images_stay_on_the_host_and_the_chain_says_why(pruned_artifact, photo, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # import torchvision now raises ImportError
+    _, result = pruned_artifact
+    with Chain(result.output, encoder="torch") as chain:
+        assert not chain.preprocess_on("cpu")
+        made = chain.preprocess(photo(80, seed=7))
+        backend, note = chain.preprocess_backend, chain.preprocess_note
+    assert isinstance(made, np.ndarray) and chain.pixel_device is None
+    assert backend.endswith(" on host") and "torchvision" in note
 
 
 def test_static_cache_path_matches_dynamic(full_artifact, photo):

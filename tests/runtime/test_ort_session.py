@@ -1,4 +1,4 @@
-"""ONNX Runtime sessions: the console scripts make their sessions share one thread pool; library use does not."""
+"""ONNX Runtime sessions: all opened by one factory; one process-wide thread pool when asked for."""
 
 from __future__ import annotations
 
@@ -63,21 +63,6 @@ def test_shared_sessions_use_one_pool_and_compute_the_same(matmul_model):
         pytest.skip("ONNX Runtime starts no worker threads on a single physical core")
     # two sessions with pools of their own start workers for each; on the shared pool the second starts none
     assert int(grown_shared) < int(grown_own), (grown_shared, grown_own)
-
-
-@pytest.mark.parametrize("module", ["hiprune.run_cli", "hiprune.bench_cli"])
-def test_console_scripts_turn_sharing_on_and_the_library_leaves_it_off(module):
-    code = (
-        "import sys\n"
-        f"from {module} import entry, main\n"
-        "from hiprune.runtime.ort_session import threads_shared\n"
-        "before = threads_shared()\n"
-        "sys.argv = ['prog', '--help']\n"
-        "try:\n    entry()\nexcept SystemExit:\n    pass\n"
-        "print(before, threads_shared())\n"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
-    assert done.stdout.split()[-2:] == ["False", "True"]
 
 
 def test_every_session_is_opened_by_the_factory():

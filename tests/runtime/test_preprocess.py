@@ -1,0 +1,36 @@
+"""Preprocessing on the encoder's device: the torchvision backend of the checkpoint's image processor."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from hiprune.runtime.defaults import default_image_processor
+from hiprune.runtime.preprocess import on_device, preprocess
+
+SHAPE = (1, 3, 336, 336)
+
+
+def test_the_torchvision_twin_keeps_the_settings_and_makes_the_same_pixels_on_a_device(photo):
+    pytest.importorskip("torchvision")
+    pil = default_image_processor()
+    twin = on_device(pil)
+    assert type(pil).__name__ == "CLIPImageProcessorPil" and type(twin).__name__ == "CLIPImageProcessor"
+    for setting in ("size", "crop_size", "resample", "image_mean", "image_std", "rescale_factor", "do_center_crop"):
+        assert getattr(twin, setting) == getattr(pil, setting), setting
+    assert on_device(twin) is twin
+    image = photo(400, seed=2)[:, 40:]  # not square: the resize and the centre crop both act
+    host = preprocess(twin, image, SHAPE)
+    made = preprocess(twin, image, SHAPE, device="cpu")
+    assert isinstance(made, torch.Tensor) and made.dtype == torch.float32 and made.device.type == "cpu"
+    np.testing.assert_array_equal(made.numpy(), host)
+    # the two backends resize with their own bicubic kernels: close, not bit-equal (normalised units, std ~0.27)
+    assert np.abs(host - preprocess(pil, image, SHAPE)).mean() < 0.02
+
+
+def test_without_torchvision_there_is_no_device_processor(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # import torchvision now raises ImportError
+    assert on_device(default_image_processor()) is None
