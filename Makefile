@@ -41,7 +41,7 @@ fmt: $(STAMP)
 ## CPU time to first token through the chain, full vs keep 64 (default model, 2 LLM layers); prints JSON and
 ## writes out/bench-cpu/bench.{json,md,png}. Needs >= 10 GB free memory.
 bench: $(STAMP)
-	$(BIN)/python bench/ttft_cpu.py --llm-runtime transformers,onnxruntime --repeats 7 --out out/bench-cpu
+	$(BIN)/python bench/ttft_cpu.py --llm-runtime transformers,onnxruntime --repeats 11 --out out/bench-cpu
 
 ## ORT CPU latency of the encoder artifact, pruned vs --no-prune, and default-model export cost; prints JSON.
 bench-ort: $(STAMP)

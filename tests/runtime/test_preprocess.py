@@ -28,7 +28,7 @@ def test_the_torchvision_twin_keeps_the_settings_and_makes_the_same_pixels_on_a_
     assert isinstance(made, torch.Tensor) and made.dtype == torch.float32 and made.device.type == "cpu"
     np.testing.assert_array_equal(made.numpy(), host)
     # the two backends resize with their own bicubic kernels: close, not bit-equal (normalised units, std ~0.27)
-    assert np.abs(host - preprocess(pil, image, SHAPE)).mean() < 0.02
+    assert np.abs(host - preprocess(pil, image, SHAPE)).mean() < 1e-3
 
 
 def test_without_torchvision_there_is_no_device_processor(monkeypatch):
