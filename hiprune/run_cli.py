@@ -148,6 +148,9 @@ def _context(chain: Chain) -> dict[str, Any]:
         "target": chain.manifest["target"],
         "num_tokens": chain.manifest["encoder"]["num_tokens"],
         "note": chain.runtime.note,
+        "encoder_note": getattr(chain.runner, "note", None),
+        "preprocess": chain.preprocess_backend,
+        "preprocess_note": chain.preprocess_note,
     }
 
 
@@ -190,8 +193,9 @@ def _print_result(console: Console, result: ChainResult, chain: Chain, warmup: i
     console.print(table)
     memory = ", ".join(f"{k} {v:.0f} MiB" for k, v in result.peak_memory_mb.items() if v is not None)
     console.print(f"peak memory: {memory}")
-    if chain.runtime.note:
-        console.print(f"[yellow]note: {chain.runtime.note}[/]")
+    for note in (chain.runtime.note, getattr(chain.runner, "note", None), chain.preprocess_note):
+        if note:
+            console.print(f"[yellow]note: {note}[/]")
 
 
 if __name__ == "__main__":

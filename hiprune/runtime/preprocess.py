@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from hiprune.contract import PIXEL_VALUES
-from hiprune.errors import CheckpointError, ConfigError
+from hiprune.errors import CheckpointError, ConfigError, first_line
 
 PROCESSOR_CONFIG = "preprocessor_config.json"
 
@@ -26,7 +26,7 @@ def load_image_processor(artifact_dir: Path, checkpoint: str | None) -> Any:
             try:
                 return _processor_from(directory)
             except Exception as exc:
-                raise CheckpointError(f"{directory / PROCESSOR_CONFIG} cannot be read ({_first_line(exc)})") from None
+                raise CheckpointError(f"{directory / PROCESSOR_CONFIG} cannot be read ({first_line(exc)})") from None
     if checkpoint is None:
         from hiprune.runtime.defaults import default_image_processor
 
@@ -89,7 +89,7 @@ def load_image(image: Any) -> Any:
         with Image.open(path) as opened:
             return opened.convert("RGB")
     except (UnidentifiedImageError, OSError) as exc:
-        reason = _first_line(exc)
+        reason = first_line(exc)
         raise ConfigError(f"--image {path}: cannot be decoded as an image ({reason}); pass a PNG/JPEG") from None
 
 
@@ -112,25 +112,38 @@ def preprocess(processor: Any, image: Any, shape: tuple[int, ...], device: str |
     return np.ascontiguousarray(pixel_values) if device is None else pixel_values
 
 
-def on_device(processor: Any) -> Any | None:
+def on_device(processor: Any) -> tuple[Any | None, str | None]:
     """``processor`` itself, or its torchvision-backend class with the same settings, which resizes and normalises
-    on whatever device the pixels are sent to (a GPU: no host-side resize in the time to first token); ``None``
-    where torchvision is not installed or transformers has no torchvision class for it."""
+    on whatever device the pixels are sent to (a GPU: no host-side resize in the time to first token).
+
+    Returns:
+        ``(processor, None)``, or ``(None, why not)`` where torchvision is missing or unusable, or transformers
+        has no torchvision class for this processor.
+    """
     try:
         import torchvision  # noqa: F401
         import transformers
         from transformers.image_processing_backends import TorchvisionBackend
-    except Exception:  # not installed, or built for another torch (its import then raises RuntimeError)
-        return None
+    except Exception as exc:  # not installed (ImportError), or built for another torch (RuntimeError)
+        return None, f"torchvision cannot be imported ({first_line(exc)})"
     if isinstance(processor, TorchvisionBackend):
-        return processor
-    twin = getattr(transformers, type(processor).__name__.removesuffix("Pil"), None)
+        return processor, None
+    name = type(processor).__name__
+    twin = getattr(transformers, name.removesuffix("Pil"), None)
     if not (isinstance(twin, type) and issubclass(twin, TorchvisionBackend)):
-        return None
+        return None, f"transformers has no torchvision backend for {name}"
     settings = {k: v for k, v in processor.to_dict().items() if k not in ("image_processor_type", "processor_class")}
-    return twin(**settings)
+    try:
+        return twin(**settings), None
+    except Exception as exc:
+        return None, f"{twin.__name__} refuses {name}'s settings ({first_line(exc)})"
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+def texture_probe(height: int = 300, width: int = 400) -> np.ndarray:
+    """A deterministic (H, W, 3) uint8 image with detail at a few pixels' period: resize kernels, crops and
+    normalisations that differ show up in its pixel values (a smooth ramp would hide a kernel change)."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float64)
+    red = 127.5 + 60 * np.sin(2 * np.pi * x / 7) + 60 * np.sin(2 * np.pi * y / 11)
+    green = 127.5 + 100 * np.sin(2 * np.pi * (x + y) / 13)
+    blue = 127.5 + 100 * np.cos(2 * np.pi * x * y / 5000)
+    return np.clip(np.stack([red, green, blue], axis=-1), 0, 255).astype(np.uint8)

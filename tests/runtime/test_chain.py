@@ -15,6 +15,7 @@ from hiprune.api import ExportRequest, export
 from hiprune.config import HiPruneConfig
 from hiprune.runtime.chain import Chain
 from hiprune.runtime.llm.loading import checkpoint_digest
+from hiprune.runtime.preprocess import preprocess
 
 PROMPT = "What is in the picture?"
 NEW_TOKENS = 8
@@ -134,7 +135,7 @@ def test_preprocessing_on_the_encoders_device_matches_the_oracle(pruned_artifact
 
     path, result = pruned_artifact
     model, (tokenizer, processor) = reference_model(path), _text_and_images(str(path))
-    twin = on_device(processor)
+    twin, _ = on_device(processor)
     image = photo(80, seed=7)
     pixel_values = torch.from_numpy(twin(images=image, return_tensors="np")["pixel_values"])
     indices, want_ids, want_logits = _oracle(model, tokenizer, pixel_values, result.manifest["hiprune"])
@@ -158,7 +159,23 @@ def test_without_torchvision_images_stay_on_the_host_and_the_chain_says_why(prun
         made = chain.preprocess(photo(80, seed=7))
         backend, note = chain.preprocess_backend, chain.preprocess_note
     assert isinstance(made, np.ndarray) and chain.pixel_device is None
-    assert backend.endswith(" on host") and "torchvision" in note
+    assert backend.endswith(" on host") and note.startswith("host preprocessing: torchvision cannot be imported")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (bench/gpu_session.sh runs it there)")
+def test_cuda_chain_preprocesses_on_the_device_and_keeps_the_host_tokens(pruned_artifact, photo):
+    """On CUDA the PyTorch encoder's chain makes its pixels on the GPU (torchvision backend, probe-checked):
+    they match the host processor's, and the encoder keeps the same tokens from them."""
+    pytest.importorskip("torchvision")
+    _, result = pruned_artifact
+    image = photo(80, seed=7)
+    with Chain(result.output, device="cuda", encoder="torch") as chain:
+        assert (chain.pixel_device, chain.preprocess_note) == ("cuda", None), chain.preprocess_note
+        made = chain.preprocess(image)
+        host = torch.from_numpy(preprocess(chain.processor, image, chain.input_shape)).cuda()
+        assert made.device.type == "cuda" and (made - host).abs().max() <= 0.08
+        np.testing.assert_array_equal(chain.runner.infer_torch(made)[1].cpu(), chain.runner.infer_torch(host)[1].cpu())
+        assert len(chain.run(image, PROMPT, 4).generated_ids) >= 1
 
 
 def test_static_cache_path_matches_dynamic(full_artifact, photo):

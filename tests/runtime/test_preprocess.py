@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from hiprune.runtime.defaults import default_image_processor
-from hiprune.runtime.preprocess import on_device, preprocess
+from hiprune.runtime.preprocess import on_device, preprocess, texture_probe
 
 SHAPE = (1, 3, 336, 336)
 
@@ -17,11 +17,11 @@ SHAPE = (1, 3, 336, 336)
 def test_the_torchvision_twin_keeps_the_settings_and_makes_the_same_pixels_on_a_device(photo):
     pytest.importorskip("torchvision")
     pil = default_image_processor()
-    twin = on_device(pil)
-    assert type(pil).__name__ == "CLIPImageProcessorPil" and type(twin).__name__ == "CLIPImageProcessor"
+    twin, why = on_device(pil)
+    assert why is None and type(pil).__name__ == "CLIPImageProcessorPil" and type(twin).__name__ == "CLIPImageProcessor"
     for setting in ("size", "crop_size", "resample", "image_mean", "image_std", "rescale_factor", "do_center_crop"):
         assert getattr(twin, setting) == getattr(pil, setting), setting
-    assert on_device(twin) is twin
+    assert on_device(twin) == (twin, None)
     image = photo(400, seed=2)[:, 40:]  # not square: the resize and the centre crop both act
     host = preprocess(twin, image, SHAPE)
     made = preprocess(twin, image, SHAPE, device="cpu")
@@ -33,4 +33,19 @@ def test_the_torchvision_twin_keeps_the_settings_and_makes_the_same_pixels_on_a_
 
 def test_without_torchvision_there_is_no_device_processor(monkeypatch):
     monkeypatch.setitem(sys.modules, "torchvision", None)  # import torchvision now raises ImportError
-    assert on_device(default_image_processor()) is None
+    twin, why = on_device(default_image_processor())
+    assert twin is None and why.startswith("torchvision cannot be imported")
+
+
+def test_the_probe_tells_torchvision_bicubic_apart_from_bilinear():
+    """What the chain's probe check rests on: the two backends' bicubic agree closely, bilinear does not."""
+    pytest.importorskip("torchvision")
+    pil = default_image_processor()
+    twin, _ = on_device(pil)
+    settings = {k: v for k, v in twin.to_dict().items() if k not in ("image_processor_type", "processor_class")}
+    bilinear = type(twin)(**{**settings, "resample": 2})
+    probe, host = texture_probe(), preprocess(pil, texture_probe(), SHAPE)
+    same = np.abs(preprocess(twin, probe, SHAPE, device="cpu").numpy() - host)
+    other = np.abs(preprocess(bilinear, probe, SHAPE, device="cpu").numpy() - host)
+    assert same.mean() <= 0.005 and same.max() <= 0.08
+    assert other.mean() > 0.005 and other.max() > 0.08

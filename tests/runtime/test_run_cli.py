@@ -58,6 +58,7 @@ def test_run_writes_json(artifact, photo_file, tiny_vlm, tmp_path, monkeypatch):
     assert body["kept_tokens"] == 12 and body["llm_runtime"] == "transformers" and body["device"] == "cpu"
     assert 1 <= len(body["generated_ids"]) <= 5 and all(isinstance(i, int) for i in body["generated_ids"])
     assert body["peak_memory_mb"]["host_rss"] > 0
+    assert body["preprocess"] == "CLIPImageProcessorPil on host" and body["preprocess_note"] is None
     assert "time to first token" in result.output
 
 
