@@ -3,20 +3,42 @@
 What it keeps of CUDA's semantics: capture records the tensor ops a function dispatches and runs none of them for
 good (every tensor that existed before is restored, every tensor made during capture holds garbage); ``replay``
 reruns the recorded ops in order over the same tensors, writing into the captured outputs, with every Python
-decision and scalar fixed as it was at capture. An op that reads a tensor on the host fails the capture, as it
-does on a GPU. Python code that the function runs only at capture time therefore has no effect on a replay.
+decision and scalar fixed as it was at capture. Reading a tensor on the host fails the capture, as it does on a
+GPU: an op that does (``_local_scalar_dense``, ``nonzero``, ...), and the Tensor methods that copy to the host
+(``item``, ``tolist``, ``numpy``, ``cpu``, ``__array__``), which on a CPU tensor dispatch no op to record. Python
+code that the function runs only at capture time therefore has no effect on a replay.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
+from unittest import mock
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 aten = torch.ops.aten
 HOST_READS = {aten._local_scalar_dense.default, aten.is_nonzero.default, aten.equal.default, aten.nonzero.default}
+HOST_COPIES = ("item", "tolist", "numpy", "cpu", "__array__")  # Tensor methods that dispatch nothing on a CPU tensor
+
+
+@contextlib.contextmanager
+def _no_host_copies() -> Iterator[None]:
+    """While a graph is captured, the :data:`HOST_COPIES` methods raise (a GPU's capture refuses a device-to-host
+    copy; on the CPU they would pass unseen by the recorder)."""
+
+    def refusal(name: str) -> Callable[..., Any]:
+        def refuse(*args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError(f"Tensor.{name}() reads a tensor on the host: not permitted while a graph is captured")
+
+        return refuse
+
+    with contextlib.ExitStack() as stack:
+        for name in HOST_COPIES:
+            stack.enter_context(mock.patch.object(torch.Tensor, name, refusal(name)))
+        yield
 
 
 def _written(func: Any, args: tuple, kwargs: dict) -> list[torch.Tensor]:
@@ -78,7 +100,7 @@ class RecordedGraph:
             for _ in range(warmup):
                 fn(*inputs)
             recorder = _Recorder()
-            with recorder:
+            with recorder, _no_host_copies():
                 self.output = fn(*inputs)
         recorder.undo()
         self.ops = recorder.ops

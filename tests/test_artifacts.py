@@ -58,9 +58,15 @@ def test_verify_full_catches_a_changed_byte_that_sizes_miss(artifact, tmp_path):
     raw = bytearray(data.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     data.write_bytes(bytes(raw))
-    assert verify_artifact(copy, full=False).files == 2
+    sizes_only = verify_artifact(copy, full=False)
+    assert sizes_only.files == 2 and not sizes_only.full
     with pytest.raises(ArtifactError, match=r"model.onnx.data is corrupt: its sha256 differs"):
         verify_artifact(copy, full=True)
+    from hiprune.runtime.encoders import open_runner
+
+    assert open_runner(sizes_only).name == "onnxruntime"  # what the caller already checked is not checked again
+    with pytest.raises(ArtifactError, match=r"model.onnx.data is corrupt: its sha256 differs"):
+        open_runner(sizes_only, verify="full")  # a size-checked artifact is hashed when sha256 is asked for
 
 
 @pytest.mark.parametrize(

@@ -31,7 +31,8 @@ def open_runner(
 ) -> BaseRunner:
     """The runner for an artifact directory (not yet activated: use it with ``with``), after checking the directory
     against its manifest (``verify``: ``sizes`` or ``full`` for sha256 too; a copy may be truncated). A
-    :class:`~hiprune.artifacts.Verified` artifact is used as it is: its manifest is not read again."""
+    :class:`~hiprune.artifacts.Verified` artifact is used as it is (its manifest is not read again) unless
+    ``full`` asks for the sha256 check it did not have."""
     if encoder not in ENCODER_CHOICES:
         raise ConfigError(f"--encoder {encoder!r} is unknown; choose one of {', '.join(ENCODER_CHOICES)}")
     if verify not in VERIFY_CHOICES:
@@ -59,8 +60,13 @@ def open_runner(
 
 
 def verified_artifact(artifact_dir: Path | Verified, full: bool = False) -> Verified:
-    """``artifact_dir`` checked against its manifest, or as it is where it was checked already."""
-    return artifact_dir if isinstance(artifact_dir, Verified) else verify_artifact(Path(artifact_dir), full=full)
+    """``artifact_dir`` checked against its manifest, or as it is where it was checked already as thoroughly
+    (a :class:`Verified` that was only size-checked is hashed again when ``full`` asks for sha256)."""
+    if isinstance(artifact_dir, Verified):
+        if artifact_dir.full or not full:
+            return artifact_dir
+        artifact_dir = artifact_dir.directory
+    return verify_artifact(Path(artifact_dir), full=full)
 
 
 def ort_providers(device: str, directory: Path) -> tuple[Any, ...]:

@@ -5,6 +5,8 @@ missing torchvision (transformers 5.1x)."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -16,7 +18,7 @@ from hiprune.runtime import cuda_graph
 from hiprune.runtime.encoders import TorchEncoderRunner
 from hiprune.runtime.llm.hf import HfLLM
 from hiprune.runtime.llm.loading import load_language_model
-from hiprune.runtime.preprocess import load_image_processor, preprocess
+from hiprune.runtime.preprocess import PROCESSOR_CONFIG, load_image_processor, preprocess
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +44,7 @@ def test_fp16_encoder_keeps_the_oracle_tokens(pruned, reference_model):
         want = reference_embeds(model, pixel_values, indices, model.config.vision_feature_layer, hidden)
     with TorchEncoderRunner(result.manifest, "cpu", cuda_graph=False, fp16=True) as runner:
         embeds, got = runner.infer_torch(pixel_values)
-    assert embeds.dtype == torch.float16 and runner.note is None
+    assert embeds.dtype == torch.float16 and next(runner._encoder.parameters()).dtype == torch.float16
     np.testing.assert_array_equal(got.numpy(), np.asarray(indices))
     assert (embeds.float() - want).abs().max() <= 1e-2 * want.abs().max()
 
@@ -90,26 +92,24 @@ def test_llm_capture_failure_falls_back_to_the_static_path(pruned):
     assert graphs.decode(got, 6) == want_ids and len(want_ids) > 1
 
 
-def test_processor_when_auto_image_processor_needs_torchvision(pruned, photo, monkeypatch):
-    """transformers 5.1x's AutoImageProcessor raises ImportError without torchvision: the named PIL class loads."""
+def test_processor_when_auto_image_processor_needs_torchvision(pruned, photo, tmp_path, monkeypatch):
+    """transformers 5.1x's AutoImageProcessor raises ImportError without torchvision: the PIL class of the processor
+    the config names (a checkpoint's ``CLIPImageProcessor``, torchvision-backed) loads, with the saved settings."""
     import transformers
 
     _, result = pruned
-    image = photo(64, seed=4)
-    want = preprocess(load_image_processor(result.output, None), image, (1, 3, 48, 48))
+    config = json.loads((result.output / PROCESSOR_CONFIG).read_text())
+    (tmp_path / PROCESSOR_CONFIG).write_text(json.dumps({**config, "image_processor_type": "CLIPImageProcessor"}))
 
     def needs_torchvision(*args, **kwargs):
         raise ImportError("AutoImageProcessor requires the Torchvision library but it was not found")
 
-    try:
-        transformers.AutoImageProcessor.from_pretrained  # noqa: B018
-    except ImportError:  # this transformers already needs torchvision, and it is not installed
-        pass
-    else:
-        monkeypatch.setattr(transformers.AutoImageProcessor, "from_pretrained", needs_torchvision)
-    processor = load_image_processor(result.output, None)
-    assert type(processor).__name__.endswith("Pil")
-    np.testing.assert_array_equal(preprocess(processor, image, (1, 3, 48, 48)), want)
+    monkeypatch.setattr(transformers.AutoImageProcessor, "from_pretrained", needs_torchvision)
+    processor = load_image_processor(tmp_path, None)
+    assert type(processor) is transformers.CLIPImageProcessorPil and processor.crop_size["height"] == 48
+    want = transformers.CLIPImageProcessorPil.from_pretrained(str(result.output), local_files_only=True)
+    image = photo(64, seed=4)
+    np.testing.assert_array_equal(preprocess(processor, image, (1, 3, 48, 48)), preprocess(want, image, (1, 3, 48, 48)))
 
 
 def test_graph_capture_and_replay_give_the_dynamic_ids(pruned, monkeypatch):

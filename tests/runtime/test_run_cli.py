@@ -66,15 +66,15 @@ def test_bad_input_one_line_error(artifact, photo_file, tiny_vlm, tmp_path):
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not an image at all")
     other = tiny_vlm(image_size=48, seed=1)
-    cases = {
-        "no such directory": [tmp_path / "missing", "--image", photo_file],
-        "cannot be decoded": [artifact, "--image", broken],
-        "must be at least 1": [artifact, "--image", photo_file, "--max-new-tokens", "0"],
-        "is not the checkpoint": [artifact, "--image", photo_file, "--llm", other],
+    cases = {  # the README's exit codes: 8 an artifact, 2 a setting or option, 3 the checkpoint
+        "no such directory": (8, [tmp_path / "missing", "--image", photo_file]),
+        "cannot be decoded": (2, [artifact, "--image", broken]),
+        "must be at least 1": (2, [artifact, "--image", photo_file, "--max-new-tokens", "0"]),
+        "is not the checkpoint": (3, [artifact, "--image", photo_file, "--llm", other]),
     }
-    for expected, args in cases.items():
+    for expected, (code, args) in cases.items():
         out = tmp_path / "never.json"
         result = _run(*args, "--prompt", "Hi", "--warmup", "0", "--json", out)
         lines = [line for line in result.output.splitlines() if line.startswith("error:")]
-        assert result.exit_code != 0 and len(lines) == 1 and expected in lines[0], (expected, result.output)
+        assert result.exit_code == code and len(lines) == 1 and expected in lines[0], (expected, result.output)
         assert "Traceback" not in result.output and not out.exists()
