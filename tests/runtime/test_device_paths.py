@@ -44,7 +44,7 @@ def test_fp16_encoder_keeps_the_oracle_tokens(pruned, reference_model):
         want = reference_embeds(model, pixel_values, indices, model.config.vision_feature_layer, hidden)
     with TorchEncoderRunner(result.manifest, "cpu", cuda_graph=False, fp16=True) as runner:
         embeds, got = runner.infer_torch(pixel_values)
-    assert embeds.dtype == torch.float16 and next(runner._encoder.parameters()).dtype == torch.float16
+        assert embeds.dtype == torch.float16 and next(runner._encoder.parameters()).dtype == torch.float16
     np.testing.assert_array_equal(got.numpy(), np.asarray(indices))
     assert (embeds.float() - want).abs().max() <= 1e-2 * want.abs().max()
 
