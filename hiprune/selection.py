@@ -119,5 +119,5 @@ def select_topk_form(
         cand = buffer_candidates(anchor_idx, num_tokens, grid_width, grid_neighbors)
         owner = anchor_idx.unsqueeze(-1).expand(-1, -1, NEIGHBOR_OFFSETS).flatten(1)
         cand = torch.where(cand < 0, owner, cand)
-        prio = s_deep.scatter(1, cand, torch.full(cand.shape, float("inf"), dtype=s_deep.dtype))
+        prio = s_deep.scatter(1, cand, torch.full(cand.shape, float("inf"), dtype=s_deep.dtype, device=s_deep.device))
     return torch.sort(torch.topk(prio, keep, dim=-1).indices, dim=-1).values
