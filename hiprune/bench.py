@@ -284,7 +284,7 @@ def _report(request: BenchRequest, chain: Any, budgets: list[dict]) -> dict[str,
             "llm": runtime.name,
             "llm_options": dict(request.runtime_options),
             "llm_note": getattr(runtime, "note", None),
-            "encoder_note": getattr(chain.runner, "note", None),
+            "encoder_note": chain.runner.note,
             "preprocess": chain.preprocess_backend,
             "preprocess_note": chain.preprocess_note,
         },  # fmt: skip

@@ -148,7 +148,7 @@ def _context(chain: Chain) -> dict[str, Any]:
         "target": chain.manifest["target"],
         "num_tokens": chain.manifest["encoder"]["num_tokens"],
         "note": chain.runtime.note,
-        "encoder_note": getattr(chain.runner, "note", None),
+        "encoder_note": chain.runner.note,
         "preprocess": chain.preprocess_backend,
         "preprocess_note": chain.preprocess_note,
     }
@@ -193,7 +193,7 @@ def _print_result(console: Console, result: ChainResult, chain: Chain, warmup: i
     console.print(table)
     memory = ", ".join(f"{k} {v:.0f} MiB" for k, v in result.peak_memory_mb.items() if v is not None)
     console.print(f"peak memory: {memory}")
-    for note in (chain.runtime.note, getattr(chain.runner, "note", None), chain.preprocess_note):
+    for note in (chain.runtime.note, chain.runner.note, chain.preprocess_note):
         if note:
             console.print(f"[yellow]note: {note}[/]")
 

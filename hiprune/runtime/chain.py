@@ -110,8 +110,9 @@ class Chain:
         the host processor makes it (mean |Δ| <= 0.005 and max |Δ| <= 0.08 in normalised units: the two bicubic
         kernels differ by 1e-4 / 0.03 on the CPU, bilinear for bicubic by 0.027 / 0.12), else images stay on the
         host and :attr:`preprocess_note` says why. Returns whether the device is used."""
-        twin, why = on_device(self.processor)
-        if not hasattr(self.runner, "infer_torch"):
+        if hasattr(self.runner, "infer_torch"):
+            twin, why = on_device(self.processor)
+        else:
             twin, why = None, f"the {self.runner.name} encoder runner takes host arrays"
         if twin is None:
             self.preprocess_note = f"host preprocessing: {why}"

@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from hiprune.errors import first_line
+
 WARMUP_RUNS = 2
 
 
@@ -37,5 +39,4 @@ class CudaGraph:
 
 def capture_failure(exc: BaseException, what: str) -> str:
     """The note a runtime keeps when capture failed and it runs eager instead."""
-    text = str(exc).strip().splitlines()
-    return f"{what} CUDA graph capture failed ({text[0] if text else type(exc).__name__}); running eager"
+    return f"{what} CUDA graph capture failed ({first_line(exc)}); running eager"

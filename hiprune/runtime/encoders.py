@@ -123,7 +123,6 @@ class TorchEncoderRunner(BaseRunner):
         self._spec = TensorSpec(pixel.name, pixel.shape, np.dtype(pixel.dtype))
         self._encoder: Any = None
         self._graph: Any = None
-        self.note: str | None = None  # set when graph capture failed and the encoder runs eager
 
     def activate_impl(self) -> None:
         import torch

@@ -30,7 +30,7 @@ def share_cpu_threads() -> None:
 
 def threads_shared() -> bool:
     """Whether sessions opened now share the process-wide pool."""
-    return _shared_wanted or _shared_made
+    return _shared_wanted
 
 
 def session_options(intra_op_threads: int | None = None) -> Any:

@@ -37,6 +37,7 @@ class BaseRunner(abc.ABC):
         self.active = False
         self.contract = contract
         self.last_inference_s: float | None = None
+        self.note: str | None = None  # set when a faster path had to fall back (shown by hiprune-run, kept in JSON)
 
     def __enter__(self) -> BaseRunner:
         self.activate_impl()
