@@ -18,7 +18,7 @@ from hiprune.errors import CheckpointError, ConfigError, first_line
 from hiprune.runtime.encoders import checkpoint_of, open_runner, require_device, verified_artifact
 from hiprune.runtime.llm.base import LLMRuntime, Timings, check_max_new_tokens, get_llm_runtime
 from hiprune.runtime.llm.loading import TextSide, checkpoint_digest, load_language_model
-from hiprune.runtime.preprocess import load_image_processor, on_device, preprocess, texture_probe
+from hiprune.runtime.preprocess import disagreement, load_image_processor, on_device, preprocess, texture_probe
 
 FALLBACK_TEMPLATE = "USER: {image}\n{prompt} ASSISTANT:"  # LLaVA-1.5's conversation format
 
@@ -107,8 +107,7 @@ class Chain:
     def preprocess_on(self, device: str) -> bool:
         """Makes pixel values on ``device`` (where the PyTorch encoder runner reads them) with the processor's
         torchvision backend; chosen by itself for that runner on CUDA. A textured probe image must come out as
-        the host processor makes it (mean |Δ| <= 0.005 and max |Δ| <= 0.08 in normalised units: the two bicubic
-        kernels differ by 1e-4 / 0.03 on the CPU, bilinear for bicubic by 0.027 / 0.12), else images stay on the
+        the host processor makes it (:func:`~hiprune.runtime.preprocess.disagreement`), else images stay on the
         host and :attr:`preprocess_note` says why. Returns whether the device is used."""
         if hasattr(self.runner, "infer_torch"):
             twin, why = on_device(self.processor)
@@ -119,16 +118,16 @@ class Chain:
             return False
         probe, shape = texture_probe(), self.io.pixel_values.shape
         try:
-            gap = np.abs(
-                preprocess(twin, probe, shape, device).cpu().numpy() - preprocess(self.processor, probe, shape)
+            differs = disagreement(
+                preprocess(twin, probe, shape, device).cpu().numpy(), preprocess(self.processor, probe, shape)
             )
         except Exception as exc:
             self.preprocess_note = f"host preprocessing: {type(twin).__name__} on {device} failed ({first_line(exc)})"
             return False
-        if gap.mean() > 0.005 or gap.max() > 0.08:
+        if differs is not None:
             self.preprocess_note = (
                 f"host preprocessing: {type(twin).__name__} on {device} differs from {type(self.processor).__name__} "
-                f"(mean |Δ| {gap.mean():.4f}, max {gap.max():.3f})"
+                f"({differs})"
             )
             return False
         self.pixel_device, self.pixel_processor, self.preprocess_note = device, twin, None

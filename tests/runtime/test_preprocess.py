@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from hiprune.runtime.defaults import default_image_processor
-from hiprune.runtime.preprocess import on_device, preprocess, texture_probe
+from hiprune.runtime.preprocess import disagreement, on_device, preprocess, texture_probe
 
 SHAPE = (1, 3, 336, 336)
 
@@ -45,7 +45,15 @@ def test_the_probe_tells_torchvision_bicubic_apart_from_bilinear():
     settings = {k: v for k, v in twin.to_dict().items() if k not in ("image_processor_type", "processor_class")}
     bilinear = type(twin)(**{**settings, "resample": 2})
     probe, host = texture_probe(), preprocess(pil, texture_probe(), SHAPE)
-    same = np.abs(preprocess(twin, probe, SHAPE, device="cpu").numpy() - host)
-    other = np.abs(preprocess(bilinear, probe, SHAPE, device="cpu").numpy() - host)
-    assert same.mean() <= 0.005 and same.max() <= 0.08
-    assert other.mean() > 0.005 and other.max() > 0.08
+    assert disagreement(preprocess(twin, probe, SHAPE, device="cpu").numpy(), host) is None
+    assert disagreement(preprocess(bilinear, probe, SHAPE, device="cpu").numpy(), host) is not None
+
+
+def test_disagreement_bounds_the_mean_and_the_largest_pixel_gap():
+    host = np.linspace(-1.8, 2.1, 3 * 336 * 336, dtype=np.float32).reshape(SHAPE)
+    assert disagreement(host + 1e-4, host) is None
+    assert disagreement(host + 0.004, host) is None
+    assert disagreement(host + 0.006, host) == "mean |Δ| 0.0060, max 0.006"  # the mean bound
+    spike = host.copy()
+    spike[0, 1, 100, 100] += 0.09
+    assert disagreement(spike, host).endswith("max 0.090")  # one pixel past the max bound
