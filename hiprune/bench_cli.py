@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from hiprune.bench import DEFAULT_KEEP, DEFAULT_PROMPT, BenchRequest, parse_keep
+from hiprune.bench_report import interval_text
 
 TARGETS = ("onnx", "tensorrt", "coreml")  # the registry's names, listed here so --help imports no torch
 
@@ -74,12 +75,10 @@ def print_summary(report: dict[str, Any], out: Path) -> None:
     console = Console()
     console.print(table)
     for budget, ratio in report["speedups"].items():
-        interval = ratio.get("chain_over_ideal_90ci")
-        spread = f" (90% interval over rounds {interval[0]:.0%}–{interval[1]:.0%})" if interval else ""
         console.print(
             f"TTFT full / {budget}: chain {ratio['chain_ttft_full_over_pruned']:.2f}x · component ideal "
             f"{ratio['ideal_ttft_full_over_pruned']:.2f}x · chain keeps {ratio['chain_over_ideal']:.0%} of the gain"
-            + spread
+            f"{interval_text(ratio.get('chain_over_ideal_90ci'))}"
         )
     console.print(f"wrote {out / 'bench.json'}, {out / 'bench.md'}, {out / 'bench.png'} (medians; p90 in the files)")
 

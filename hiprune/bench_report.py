@@ -120,12 +120,13 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(
             f"- TTFT full / {budget}: chain **{ratio['chain_ttft_full_over_pruned']:.2f}x**, component ideal "
             f"{ratio['ideal_ttft_full_over_pruned']:.2f}x (chain keeps {ratio['chain_over_ideal']:.0%} of it"
-            f"{_interval_text(ratio.get('chain_over_ideal_90ci'))})"
+            f"{interval_text(ratio.get('chain_over_ideal_90ci'))})"
         )
     return "\n".join(lines) + "\n"
 
 
-def _interval_text(interval: list[float] | None) -> str:
+def interval_text(interval: list[float] | None) -> str:
+    """``chain_over_ideal_90ci`` as the report and the terminal say it (empty without an interval)."""
     return "" if interval is None else f"; 90% bootstrap interval over rounds {interval[0]:.0%}–{interval[1]:.0%}"
 
 
