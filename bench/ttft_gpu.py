@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 from hiprune.bench import BenchRequest, run_bench
+from hiprune.errors import one_line
 
 GOAL_RATIO, AIM_RATIO = 2.0, 2.4
 MIN_FREE_GIB = 24  # the 7B model in fp16 (13.5 GB), its static KV cache, two CLIP-L encoders, graph pools
@@ -140,18 +141,13 @@ def emit(result: dict, path: Path | None, line: str) -> None:
         path.write_text(json.dumps(result, indent=2) + "\n")
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
-
-
 def run_configs(args: argparse.Namespace, result: dict) -> None:
     """Each configuration in turn; a failure is kept as one line and the next configuration still runs."""
     for name in args.configs:
         try:
             result[name] = measure(name, args)
         except Exception as exc:  # keep the other configurations' numbers
-            result[name] = {"error": _one_line(exc)}
+            result[name] = {"error": f"{type(exc).__name__}: {one_line(exc)}"}
         emit(result, args.json, f"{name}: {json.dumps(result[name])}")
         for key in ("llm_note", "encoder_note", "preprocess_note"):
             if result[name].get(key):

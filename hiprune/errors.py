@@ -112,9 +112,3 @@ def as_hiprune_error(exc: BaseException, doing: str) -> HiPruneError:
     text = one_line(root)
     detail = text if text == kind else f"{kind}: {text}"
     return ExportError(f"{doing} failed: {detail}; rerun with --verbose for the traceback")
-
-
-def first_line(exc: BaseException) -> str:
-    """An exception's first message line for a one-line error (its type name when the message is empty)."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from hiprune.errors import CheckpointError, first_line
+from hiprune.errors import CheckpointError, one_line
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 SAFETENSORS_SINGLE = "model.safetensors"
@@ -80,7 +80,7 @@ def _read_config(path: Path, source: str) -> Any:
     try:
         return AutoConfig.from_pretrained(path, trust_remote_code=False, local_files_only=True)
     except Exception as exc:
-        raise CheckpointError(f"--model {source}: config.json cannot be read ({first_line(exc)})") from None
+        raise CheckpointError(f"--model {source}: config.json cannot be read ({one_line(exc)})") from None
 
 
 def weight_files(path: Path, allow_pickle: bool) -> dict[str, Path]:

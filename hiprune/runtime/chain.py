@@ -14,7 +14,7 @@ import numpy as np
 
 from hiprune.artifacts import Verified
 from hiprune.contract import IMAGE_EMBEDS, IOContract
-from hiprune.errors import CheckpointError, ConfigError, first_line
+from hiprune.errors import CheckpointError, ConfigError, one_line
 from hiprune.runtime.encoders import checkpoint_of, open_runner, require_device, verified_artifact
 from hiprune.runtime.llm.base import LLMRuntime, Timings, check_max_new_tokens, get_llm_runtime
 from hiprune.runtime.llm.loading import TextSide, checkpoint_digest, load_language_model
@@ -122,7 +122,7 @@ class Chain:
                 preprocess(twin, probe, shape, device).cpu().numpy(), preprocess(self.processor, probe, shape)
             )
         except Exception as exc:
-            self.preprocess_note = f"host preprocessing: {type(twin).__name__} on {device} failed ({first_line(exc)})"
+            self.preprocess_note = f"host preprocessing: {type(twin).__name__} on {device} failed ({one_line(exc)})"
             return False
         if differs is not None:
             self.preprocess_note = (

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from hiprune.errors import first_line
+from hiprune.errors import one_line
 
 WARMUP_RUNS = 2
 
@@ -39,4 +39,4 @@ class CudaGraph:
 
 def capture_failure(exc: BaseException, what: str) -> str:
     """The note a runtime keeps when capture failed and it runs eager instead."""
-    return f"{what} CUDA graph capture failed ({first_line(exc)}); running eager"
+    return f"{what} CUDA graph capture failed ({one_line(exc)}); running eager"

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from hiprune.contract import PIXEL_VALUES
-from hiprune.errors import CheckpointError, ConfigError, first_line
+from hiprune.errors import CheckpointError, ConfigError, one_line
 
 PROCESSOR_CONFIG = "preprocessor_config.json"
 
@@ -26,7 +26,7 @@ def load_image_processor(artifact_dir: Path, checkpoint: str | None) -> Any:
             try:
                 return _processor_from(directory)
             except Exception as exc:
-                raise CheckpointError(f"{directory / PROCESSOR_CONFIG} cannot be read ({first_line(exc)})") from None
+                raise CheckpointError(f"{directory / PROCESSOR_CONFIG} cannot be read ({one_line(exc)})") from None
     if checkpoint is None:
         from hiprune.runtime.defaults import default_image_processor
 
@@ -89,7 +89,7 @@ def load_image(image: Any) -> Any:
         with Image.open(path) as opened:
             return opened.convert("RGB")
     except (UnidentifiedImageError, OSError) as exc:
-        reason = first_line(exc)
+        reason = one_line(exc)
         raise ConfigError(f"--image {path}: cannot be decoded as an image ({reason}); pass a PNG/JPEG") from None
 
 
@@ -125,7 +125,7 @@ def on_device(processor: Any) -> tuple[Any | None, str | None]:
         import transformers
         from transformers.image_processing_backends import TorchvisionBackend
     except Exception as exc:  # not installed (ImportError), or built for another torch (RuntimeError)
-        return None, f"torchvision cannot be imported ({first_line(exc)})"
+        return None, f"torchvision cannot be imported ({one_line(exc)})"
     if isinstance(processor, TorchvisionBackend):
         return processor, None
     name = type(processor).__name__
@@ -136,7 +136,7 @@ def on_device(processor: Any) -> tuple[Any | None, str | None]:
     try:
         return twin(**settings), None
     except Exception as exc:
-        return None, f"{twin.__name__} refuses {name}'s settings ({first_line(exc)})"
+        return None, f"{twin.__name__} refuses {name}'s settings ({one_line(exc)})"
 
 
 def disagreement(made: np.ndarray, host: np.ndarray) -> str | None:

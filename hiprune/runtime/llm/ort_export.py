@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from hiprune.artifacts import staged_output
-from hiprune.errors import ExportError, first_line
+from hiprune.errors import ExportError, one_line
 from hiprune.quiet import quiet
 from hiprune.runtime.llm.hf import cache_kwarg, returned_cache
 
@@ -136,7 +136,7 @@ def export_decoder(model: Any, directory: Path, dtype: str, key: str) -> None:
                 input_names=names_in, output_names=names_out, external_data=True, optimize=True,
             )  # fmt: skip
     except Exception as exc:
-        raise ExportError(f"the language model could not be exported to ONNX ({first_line(exc)})") from None
+        raise ExportError(f"the language model could not be exported to ONNX ({one_line(exc)})") from None
     meta = {
         "format": EXPORT_FORMAT, "key": key, "dtype": dtype, "num_layers": num_layers, "kv_heads": kv_heads,
         "head_dim": head_dim, "inputs": names_in, "outputs": names_out, "exporter": "torch.onnx.export(dynamo=True)",
