@@ -73,12 +73,11 @@ class BenchRequest:
 
     def validate(self) -> None:
         """Every setting checked before anything is exported or loaded."""
-        from hiprune.runtime.llm import get_llm_runtime
-        from hiprune.runtime.llm.base import check_max_new_tokens
+        from hiprune.runtime.llm.base import check_max_new_tokens, check_precision
         from hiprune.targets import get_target
 
         get_target(self.target)(self.target_options)
-        get_llm_runtime(self.llm_runtime)
+        check_precision(self.llm_runtime, self.runtime_options.get("dtype"))
         if not self.keep:
             raise ConfigError("--keep is empty; pass budgets such as full,64")
         for name, value, low in (("--repeats", self.repeats, 1), ("--warmup", self.warmup, 0)):
@@ -265,12 +264,12 @@ def _report(request: BenchRequest, chain: Any, budgets: list[dict]) -> dict[str,
     from hiprune.export.models import DEFAULT_MODEL_NAME
 
     runtime = chain.runtime
-    llm_dtype = runtime.dtype or type(runtime).model_placement(request.device)[1]
     versions = library_versions()
-    with contextlib.suppress(Exception):
-        from importlib import metadata
+    from importlib import metadata
 
-        versions["matplotlib"] = metadata.version("matplotlib")
+    for package in ("matplotlib", "llama-cpp-python", "gguf"):  # the plot, and the llama.cpp runtime's
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[package] = metadata.version(package)
     return {
         "format": REPORT_FORMAT,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -278,7 +277,7 @@ def _report(request: BenchRequest, chain: Any, budgets: list[dict]) -> dict[str,
         "target": request.target,
         "device": device_info(request.device),
         "versions": versions,
-        "precision": {"encoder": _encoder_precision(chain), "llm": llm_dtype},
+        "precision": {"encoder": _encoder_precision(chain), "llm": runtime.precision},
         "runtimes": {
             "encoder": chain.runner.name,
             "llm": runtime.name,

@@ -17,7 +17,8 @@ TARGETS = ("onnx", "tensorrt", "coreml")  # the registry's names, listed here so
 @click.option("--model", metavar="ID_OR_DIR", default=None, help="Checkpoint. Default: LLaVA-1.5-7B shapes, random.")
 @click.option("--target", type=click.Choice(TARGETS), default="onnx", show_default=True, help="Encoder artifact.")
 @click.option("--keep", default=DEFAULT_KEEP, show_default=True, help="Budgets, comma list; full = --no-prune.")
-@click.option("--llm-runtime", default="transformers", show_default=True, help="transformers or onnxruntime.")
+@click.option("--llm-runtime", default="transformers", show_default=True, help="transformers, onnxruntime, llama.cpp.")
+@click.option("--llm-precision", default=None, help="Language-model precision (float32, float16, bfloat16, q8_0).")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 @click.option("--encoder", default="auto", show_default=True, help="auto (the artifact's runtime), torch, torch-eager.")
 @click.option("--repeats", type=int, default=5, show_default=True, help="Measured rounds (each runs every budget).")
@@ -43,11 +44,14 @@ def main(**kwargs: Any) -> None:
     verbose = kwargs.pop("verbose")
     precision = kwargs.pop("precision")
     options = {"precision": precision} if precision else {}
+    llm_precision = kwargs.pop("llm_precision")
+    runtime_options = {"dtype": llm_precision} if llm_precision else {}
 
     def action() -> tuple[dict[str, Any], BenchRequest]:
         from hiprune.bench import run_bench
 
-        request = BenchRequest(**{**kwargs, "keep": parse_keep(kwargs["keep"])}, target_options=options)
+        keep = parse_keep(kwargs["keep"])
+        request = BenchRequest(**{**kwargs, "keep": keep}, target_options=options, runtime_options=runtime_options)
         return run_bench(request), request
 
     report, request = run_action(action, verbose)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from hiprune.errors import ConfigError
-from hiprune.runtime.llm.base import RUNTIMES, STAGES, check_max_new_tokens
+from hiprune.runtime.llm.base import RUNTIMES, STAGES, check_max_new_tokens, check_precision
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -41,6 +41,12 @@ STAGE_LABELS = {
     "--llm-runtime", type=click.Choice(list(RUNTIMES)), default="transformers", show_default=True, help="LLM runtime."
 )
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option(
+    "--llm-precision",
+    default=None,
+    help="Language-model precision: float32, float16, bfloat16 (transformers), q8_0 (llama.cpp). Default: the "
+    "runtime's (float32 on CPU, float16 on CUDA; llama.cpp float16).",
+)
 @click.option("--max-new-tokens", type=int, default=16, show_default=True, help="Greedy tokens to generate (>= 1).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Also write the result here.")
 @click.option(
@@ -72,6 +78,7 @@ def main(
     prompt: str,
     llm_runtime: str,
     device: str,
+    llm_precision: str | None,
     max_new_tokens: int,
     json_path: Path | None,
     llm: Path | None,
@@ -98,6 +105,7 @@ def main(
 def _execute(err: Console, args: dict[str, Any]) -> tuple[ChainResult, Chain]:
     """Checks the cheap things first (tokens, JSON path, image), then loads the chain and runs it."""
     check_max_new_tokens(args["max_new_tokens"])
+    check_precision(args["llm_runtime"], args["llm_precision"])
     if args["warmup"] < 0:
         raise ConfigError(f"--warmup {args['warmup']} must be 0 or more")
     json_path = args["json_path"]
@@ -116,7 +124,11 @@ def _execute(err: Console, args: dict[str, Any]) -> tuple[ChainResult, Chain]:
         layers = _default_model_note(err, args["device"], layers)
     steps = Steps(err)
     with steps.step(f"Loading the encoder artifact and the language model ({args['llm_runtime']}, {args['device']})"):
-        chain = Chain(artifact, args["llm_runtime"], args["device"], args["llm"], layers, encoder=args["encoder"])
+        options = {"dtype": args["llm_precision"]} if args["llm_precision"] else None
+        chain = Chain(
+            artifact, args["llm_runtime"], args["device"], args["llm"], layers, encoder=args["encoder"],
+            runtime_options=options,
+        )  # fmt: skip
     with chain:
         with steps.step(f"Warm-up ({args['warmup']} run{'s' * (args['warmup'] != 1)})"):
             for _ in range(args["warmup"]):
@@ -147,6 +159,7 @@ def _context(chain: Chain) -> dict[str, Any]:
         "encoder_runner": chain.runner.name,
         "target": chain.manifest["target"],
         "num_tokens": chain.manifest["encoder"]["num_tokens"],
+        "llm_precision": chain.runtime.precision,
         "note": chain.runtime.note,
         "encoder_note": chain.runner.note,
         "preprocess": chain.preprocess_backend,

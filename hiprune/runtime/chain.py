@@ -16,7 +16,7 @@ from hiprune.artifacts import Verified
 from hiprune.contract import IMAGE_EMBEDS, IOContract
 from hiprune.errors import CheckpointError, ConfigError, one_line
 from hiprune.runtime.encoders import checkpoint_of, open_runner, require_device, verified_artifact
-from hiprune.runtime.llm.base import LLMRuntime, Timings, check_max_new_tokens, get_llm_runtime
+from hiprune.runtime.llm.base import LLMRuntime, Timings, check_max_new_tokens, check_precision, get_llm_runtime
 from hiprune.runtime.llm.loading import TextSide, checkpoint_digest, load_language_model
 from hiprune.runtime.preprocess import disagreement, load_image_processor, on_device, preprocess, texture_probe
 
@@ -53,7 +53,7 @@ class Chain:
         llm: the checkpoint whose language model to use; default: the one the artifact was exported from.
         llm_layers: keep only the first N decoder layers (quick CPU runs of large models).
         encoder: ``auto`` (the artifact's own runtime) or ``torch`` (the same encoder rebuilt in PyTorch).
-        runtime_options: keyword arguments for the LLM runtime's constructor.
+        runtime_options: keyword arguments for the LLM runtime's constructor (``dtype``: ``--llm-precision``).
         reuse_llm_from: another chain over the same language model (same checkpoint, runtime and device) whose
             loaded runtime and tokenizer this one shares instead of loading its own (budget sweeps).
     """
@@ -74,6 +74,7 @@ class Chain:
     ) -> None:
         require_device(device)
         runtime_cls = get_llm_runtime(llm_runtime)
+        check_precision(llm_runtime, (runtime_options or {}).get("dtype"))
         verified = verified_artifact(artifact_dir)
         self.artifact_dir, self.manifest = verified.directory, verified.manifest
         self.device = device

@@ -127,6 +127,7 @@ def test_bootstrap_interval_is_exact_without_noise_and_brackets_noisy_rounds():
         (["--repeats", "0"], "--repeats 0 must be at least 1"),
         (["--max-new-tokens", "0"], "--max-new-tokens 0 must be at least 1"),
         (["--llm-runtime", "vllm"], "--llm-runtime 'vllm' is unknown"),
+        (["--llm-runtime", "onnxruntime", "--llm-precision", "bfloat16"], "choose one of float32, float16"),
         (["--model", "/nonexistent/ckpt"], "no such directory"),
     ],
 )

@@ -59,6 +59,7 @@ def test_run_writes_json(artifact, photo_file, tiny_vlm, tmp_path, monkeypatch):
     assert 1 <= len(body["generated_ids"]) <= 5 and all(isinstance(i, int) for i in body["generated_ids"])
     assert body["peak_memory_mb"]["host_rss"] > 0
     assert body["preprocess"] == "CLIPImageProcessorPil on host" and body["preprocess_note"] is None
+    assert body["llm_precision"] == "float32"
     assert "time to first token" in result.output
 
 
@@ -71,6 +72,7 @@ def test_bad_input_one_line_error(artifact, photo_file, tiny_vlm, tmp_path):
         "cannot be decoded": (2, [artifact, "--image", broken]),
         "must be at least 1": (2, [artifact, "--image", photo_file, "--max-new-tokens", "0"]),
         "is not the checkpoint": (3, [artifact, "--image", photo_file, "--llm", other]),
+        "q8_0 is not one the transformers": (2, [artifact, "--image", photo_file, "--llm-precision", "q8_0"]),
     }
     for expected, (code, args) in cases.items():
         out = tmp_path / "never.json"

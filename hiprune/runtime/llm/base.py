@@ -22,6 +22,7 @@ STAGES = ("preprocess", "encoder", "splice", "prefill", "ttft", "decode_per_toke
 RUNTIMES: dict[str, str] = {
     "transformers": "hiprune.runtime.llm.hf:HfLLM",
     "onnxruntime": "hiprune.runtime.llm.ort:OrtLLM",
+    "llama.cpp": "hiprune.runtime.llm.llamacpp:LlamaCppLLM",
 }
 
 
@@ -72,6 +73,7 @@ class LLMRuntime(abc.ABC):
     """One language-model backend. ``device`` is ``"cpu"`` or ``"cuda"``; ``dtype`` ``None`` = the device default."""
 
     name: ClassVar[str]
+    precisions: ClassVar[tuple[str, ...]] = ("float32", "float16")  # what ``dtype`` (--llm-precision) may be
 
     def __init__(self, lm: LanguageModel, device: str = "cpu", dtype: str | None = None) -> None:
         self.lm = lm
@@ -91,6 +93,11 @@ class LLMRuntime(abc.ABC):
         (ONNX Runtime) may ask for ``("cpu", "float32")`` instead.
         """
         return (device, "float16" if device == "cuda" else "float32")
+
+    @property
+    def precision(self) -> str:
+        """What the language model runs at: ``dtype`` when one was asked for, else where the chain loaded it."""
+        return self.dtype or type(self).model_placement(self.device)[1]
 
     @abc.abstractmethod
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -119,6 +126,15 @@ def check_max_new_tokens(max_new_tokens: int) -> None:
     answers at once; runtimes' ``decode`` trusts it."""
     if max_new_tokens < 1:
         raise ConfigError(f"--max-new-tokens {max_new_tokens} must be at least 1; pass how many tokens to generate")
+
+
+def check_precision(runtime: str, precision: str | None) -> None:
+    """The one check of ``--llm-precision`` against what runtime ``runtime`` runs (``None``: its default)."""
+    allowed = get_llm_runtime(runtime).precisions
+    if precision is not None and precision not in allowed:
+        raise ConfigError(
+            f"--llm-precision {precision} is not one the {runtime} runtime runs; choose one of {', '.join(allowed)}"
+        )
 
 
 def get_llm_runtime(name: str) -> type[LLMRuntime]:

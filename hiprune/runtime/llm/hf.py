@@ -24,6 +24,7 @@ class HfLLM(LLMRuntime):
     """The causal LM in PyTorch. See the module docstring for the dynamic and static (CUDA-graph) paths."""
 
     name: ClassVar[str] = "transformers"
+    precisions: ClassVar[tuple[str, ...]] = ("float32", "float16", "bfloat16")
 
     def __init__(
         self,

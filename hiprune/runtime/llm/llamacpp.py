@@ -1,0 +1,162 @@
+"""The ``llama.cpp`` language-model runtime: the checkpoint's decoder as GGUF, driven through llama.cpp's C API.
+
+llama-cpp-python's high-level ``Llama`` class takes token ids only; its ctypes binding of the C API takes a batch
+of embeddings (``llama_batch_init(n, n_embd, 1)``), as llama.cpp's own multimodal tools feed image tokens. The
+prefill is one such batch (the spliced prompt, positions 0..T-1, logits of the last position only); each decode
+step is a one-token batch of ids at the next position. The KV cache is the context's own memory, cleared before
+every prefill. Precision: ``float16`` (default), ``float32`` or ``q8_0`` (see :mod:`.gguf_export`).
+
+``--device cuda`` offloads every layer to the GPU backend llama.cpp was built with (CUDA, or Metal on Apple
+Silicon); a CPU-only build is refused in one line. llama-cpp-python is an optional extra (``pip install
+'hiprune-export[llamacpp]'``): PyPI ships it as source, compiled at install for the machine's backend.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from hiprune.errors import BackendUnavailableError, ConfigError, ExportError, HiPruneError, ResourceError
+from hiprune.runtime.llm.base import LanguageModel, LLMRuntime, Prefill
+from hiprune.runtime.llm.gguf_export import PRECISIONS, exported_gguf
+
+if TYPE_CHECKING:
+    import torch
+
+DEFAULT_CONTEXT = 2048  # prompt + generated tokens the context holds (LLaVA-1.5: 576 image tokens + text)
+
+
+def _binding() -> Any:
+    try:
+        import llama_cpp
+    except ImportError:
+        raise BackendUnavailableError(
+            "--llm-runtime llama.cpp needs llama-cpp-python: pip install 'hiprune-export[llamacpp]' "
+            "(built from source for this machine; CMAKE_ARGS='-DGGML_CUDA=on' for NVIDIA GPUs)"
+        ) from None
+    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # its C log callback prints below this level
+    return llama_cpp
+
+
+class LlamaCppLLM(LLMRuntime):
+    """The checkpoint's language model on llama.cpp (CPU, or every layer on its GPU backend with ``cuda``)."""
+
+    name: ClassVar[str] = "llama.cpp"
+    precisions: ClassVar[tuple[str, ...]] = PRECISIONS
+
+    def __init__(
+        self, lm: LanguageModel, device: str = "cpu", dtype: str | None = None, context: int = DEFAULT_CONTEXT,
+        threads: int | None = None,
+    ) -> None:  # fmt: skip
+        super().__init__(lm, device, dtype)
+        self.dtype = dtype or "float16"
+        if device not in ("cpu", "cuda"):
+            raise ConfigError(f"--device {device!r} is unknown; choose cpu or cuda")
+        self._c = _binding()
+        if device == "cuda" and not self._c.llama_supports_gpu_offload():
+            raise BackendUnavailableError(
+                "--device cuda: this llama-cpp-python was built without a GPU backend; reinstall it with "
+                "CMAKE_ARGS='-DGGML_CUDA=on' pip install --force-reinstall --no-cache-dir llama-cpp-python"
+            )
+        self.path = exported_gguf(lm.model, lm.key, lm.cache_dir, self.dtype)
+        self._table = lm.model.get_input_embeddings().weight.detach().float().cpu().numpy()
+        self._open(context, threads or os.cpu_count() or 1)
+
+    @classmethod
+    def model_placement(cls, device: str) -> tuple[str, str]:
+        """The GGUF is written from the float32 model on the CPU, whatever device llama.cpp then uses."""
+        return ("cpu", "float32")
+
+    def _open(self, context: int, threads: int) -> None:
+        c = self._c
+        c.llama_backend_init()
+        model_params = c.llama_model_default_params()
+        model_params.n_gpu_layers = -1 if self.device == "cuda" else 0
+        self._model = c.llama_model_load_from_file(str(self.path).encode(), model_params)
+        if not self._model:
+            raise ExportError(f"llama.cpp could not load {self.path}; delete that directory to rewrite it")
+        params = c.llama_context_default_params()
+        params.n_ctx = params.n_batch = params.n_ubatch = context
+        params.n_threads = params.n_threads_batch = threads
+        params.no_perf = True
+        self._ctx = c.llama_init_from_model(self._model, params)
+        if not self._ctx:
+            raise ResourceError(f"llama.cpp could not create a {context}-token context for {self.path}")
+        self.context = context
+        self._logits_width = self.vocab_size
+
+    def close(self) -> None:
+        """Frees the context and the model (also when the runtime is garbage-collected)."""
+        if getattr(self, "_ctx", None):
+            self._c.llama_free(self._ctx)
+            self._ctx = None
+        if getattr(self, "_model", None):
+            self._c.llama_model_free(self._model)
+            self._model = None
+
+    def __del__(self) -> None:
+        self.close()
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        return torch.from_numpy(self._table[input_ids.cpu().numpy()])
+
+    def _run(self, batch: Any, count: int) -> np.ndarray:
+        """Decodes ``batch`` (``count`` positions, the last one's logits asked for); its float32 logits."""
+        status = self._c.llama_decode(self._ctx, batch)
+        if status != 0:
+            raise HiPruneError(
+                f"llama.cpp decode failed (status {status}) at {count} tokens; the context holds {self.context}"
+            )
+        pointer = self._c.llama_get_logits_ith(self._ctx, -1)
+        return np.ctypeslib.as_array(pointer, shape=(self._logits_width,)).astype(np.float32)
+
+    def _batch(self, count: int, start: int, embeds: np.ndarray | None, token: int | None) -> Any:
+        c = self._c
+        batch = c.llama_batch_init(count, 0 if embeds is None else embeds.shape[-1], 1)
+        batch.n_tokens = count
+        if embeds is not None:
+            flat = np.ascontiguousarray(embeds.reshape(-1), dtype=np.float32)
+            ctypes.memmove(batch.embd, flat.ctypes.data, flat.nbytes)
+        else:
+            batch.token[0] = token
+        for i in range(count):
+            batch.pos[i] = start + i
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = 0
+            batch.logits[i] = i == count - 1
+        return batch
+
+    def prefill(self, inputs_embeds: torch.Tensor) -> Prefill:
+        import torch
+
+        embeds = inputs_embeds.detach().float().cpu().numpy()[0]
+        if embeds.shape[0] >= self.context:
+            raise ConfigError(f"the prompt has {embeds.shape[0]} tokens; the llama.cpp context holds {self.context}")
+        self._c.llama_memory_clear(self._c.llama_get_memory(self._ctx), True)
+        batch = self._batch(embeds.shape[0], 0, embeds, None)
+        try:
+            logits = self._run(batch, embeds.shape[0])
+        finally:
+            self._c.llama_batch_free(batch)
+        return Prefill(int(logits.argmax()), torch.from_numpy(logits), None, embeds.shape[0])
+
+    def decode(self, prefill: Prefill, max_new_tokens: int) -> list[int]:
+        tokens, length = [prefill.first_token], prefill.length
+        batch = self._batch(1, length, None, prefill.first_token)
+        try:
+            while len(tokens) < max_new_tokens and tokens[-1] != self.eos_token_id and length < self.context:
+                batch.token[0], batch.pos[0] = tokens[-1], length
+                tokens.append(int(self._run(batch, length + 1).argmax()))
+                length += 1
+        finally:
+            self._c.llama_batch_free(batch)
+        return tokens
+
+    def synchronize(self) -> None:
+        self._c.llama_synchronize(self._ctx)

@@ -1,0 +1,243 @@
+"""The ``llama.cpp`` LLM runtime: its GGUF file (read back with the gguf package; runs everywhere) and llama.cpp
+itself against transformers (marked ``llamacpp``: needs the optional, compiled llama-cpp-python)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+
+from hiprune.errors import ExportError
+from hiprune.runtime.llm import LanguageModel, get_llm_runtime
+from hiprune.runtime.llm.gguf_export import _interleave, _rope_theta, cache_path, exported_gguf
+
+HAS_LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None
+needs_llama_cpp = [
+    pytest.mark.llamacpp,
+    pytest.mark.skipif(not HAS_LLAMA_CPP, reason="llama-cpp-python is not installed (the optional llamacpp extra)"),
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_lm():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        vocab_size=128, bos_token_id=1, eos_token_id=2,
+    )  # fmt: skip
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(8.0)  # wide logit margins: greedy ids do not hinge on float rounding
+    return model
+
+
+@pytest.fixture(scope="module")
+def lm(tiny_lm, tmp_path_factory):
+    return LanguageModel(tiny_lm, "tiny-llama-seed0", tmp_path_factory.mktemp("llm-cache"), eos_token_id=None)
+
+
+def _read(path):
+    import gguf
+
+    reader = gguf.GGUFReader(path)
+    tensors = {t.name: t for t in reader.tensors}
+    return reader, tensors
+
+
+def _value(tensor) -> np.ndarray:
+    import gguf
+
+    data = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+    return np.asarray(data, dtype=np.float32).reshape([int(d) for d in reversed(tensor.shape)])
+
+
+def _field(reader, name):
+    field = reader.fields[name]
+    return field.contents()
+
+
+def _pairwise_rope(x: torch.Tensor, positions: torch.Tensor, base: float) -> torch.Tensor:
+    """llama.cpp's ``LLAMA_ROPE_TYPE_NORM``: dimensions (2i, 2i+1) of each head turn by pos * base^(-2i/d)."""
+    dim = x.shape[-1]
+    angles = positions[:, None].float() * base ** (-torch.arange(0, dim, 2).float() / dim)
+    even, odd = x[..., 0::2], x[..., 1::2]
+    cos, sin = torch.cos(angles), torch.sin(angles)
+    out = torch.empty_like(x)
+    out[..., 0::2], out[..., 1::2] = even * cos - odd * sin, even * sin + odd * cos
+    return out
+
+
+def test_interleaved_projections_give_llama_cpp_rotary_the_attention_scores_of_transformers(tiny_lm):
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    attention, config = tiny_lm.model.layers[0].self_attn, tiny_lm.config
+    heads, kv_heads, head_dim = config.num_attention_heads, config.num_key_value_heads, 16
+    x = torch.randn(7, config.hidden_size, generator=torch.Generator().manual_seed(3))
+    positions, base = torch.arange(7), _rope_theta(config)  # a wrong base would turn the pairs by other angles
+    with torch.no_grad():
+        cos, sin = tiny_lm.model.rotary_emb(x[None], positions[None])
+        q = (x @ attention.q_proj.weight.T).view(7, heads, head_dim).transpose(0, 1)[None]
+        k = (x @ attention.k_proj.weight.T).view(7, kv_heads, head_dim).transpose(0, 1)[None]
+        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        theirs = q[0] @ k[0].repeat_interleave(heads // kv_heads, 0).transpose(1, 2)
+        q_rows = torch.from_numpy(_interleave(attention.q_proj.weight.numpy(), heads))
+        k_rows = torch.from_numpy(_interleave(attention.k_proj.weight.numpy(), kv_heads))
+        q2 = _pairwise_rope((x @ q_rows.T).view(7, heads, head_dim), positions[:, None], base)
+        k2 = _pairwise_rope((x @ k_rows.T).view(7, kv_heads, head_dim), positions[:, None], base)
+        ours = q2.transpose(0, 1) @ k2.transpose(0, 1).repeat_interleave(heads // kv_heads, 0).transpose(1, 2)
+    assert not torch.allclose(q_rows, attention.q_proj.weight)  # the reorder is not the identity
+    assert torch.allclose(ours, theirs, atol=1e-5), (ours - theirs).abs().max()
+
+
+def test_gguf_holds_every_weight_under_llama_cpp_names(tiny_lm, lm):
+    reader, tensors = _read(exported_gguf(tiny_lm, lm.key, lm.cache_dir, "float32"))
+    config = tiny_lm.config
+    assert _field(reader, "general.architecture") == "llama"
+    assert _field(reader, "llama.block_count") == 2 and _field(reader, "llama.attention.head_count_kv") == 2
+    assert _field(reader, "llama.embedding_length") == 64 and _field(reader, "llama.feed_forward_length") == 96
+    assert _field(reader, "llama.rope.freq_base") == pytest.approx(config.rope_parameters["rope_theta"])
+    assert len(_field(reader, "tokenizer.ggml.tokens")) == 128 and _field(reader, "tokenizer.ggml.eos_token_id") == 2
+    layer = tiny_lm.model.layers[1]
+    expected = {
+        "token_embd.weight": tiny_lm.model.embed_tokens.weight,
+        "output.weight": tiny_lm.lm_head.weight,
+        "output_norm.weight": tiny_lm.model.norm.weight,
+        "blk.1.attn_norm.weight": layer.input_layernorm.weight,
+        "blk.1.ffn_norm.weight": layer.post_attention_layernorm.weight,
+        "blk.1.attn_v.weight": layer.self_attn.v_proj.weight,
+        "blk.1.attn_output.weight": layer.self_attn.o_proj.weight,
+        "blk.1.ffn_gate.weight": layer.mlp.gate_proj.weight,
+        "blk.1.ffn_up.weight": layer.mlp.up_proj.weight,
+        "blk.1.ffn_down.weight": layer.mlp.down_proj.weight,
+    }
+    assert len(tensors) == 3 + 9 * 2
+    for name, weight in expected.items():
+        assert np.array_equal(_value(tensors[name]), weight.detach().numpy()), name
+    q = _value(tensors["blk.1.attn_q.weight"])
+    assert np.array_equal(q, _interleave(layer.self_attn.q_proj.weight.detach().numpy(), 4))
+
+
+def test_q8_0_quantizes_whole_blocks_and_keeps_the_rest_float16(tiny_lm, lm):
+    import gguf
+
+    _, tensors = _read(exported_gguf(tiny_lm, lm.key, lm.cache_dir, "q8_0"))
+    types = gguf.GGMLQuantizationType
+    down, up = tensors["blk.0.ffn_down.weight"], tensors["blk.0.ffn_up.weight"]  # rows of 96 and of 64 values
+    assert down.tensor_type == types.Q8_0 and up.tensor_type == types.Q8_0
+    assert tensors["blk.0.attn_norm.weight"].tensor_type == types.F32
+    weight = tiny_lm.model.layers[0].mlp.down_proj.weight.detach().numpy()
+    error = np.abs(_value(down) - weight).max()
+    assert 0 < error <= np.abs(weight).max() / 127, error
+
+
+def test_rows_that_are_not_whole_q8_blocks_stay_float16(tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(hidden_size=48, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                         num_key_value_heads=4, vocab_size=64)  # fmt: skip
+    _, tensors = _read(exported_gguf(LlamaForCausalLM(config).eval(), "rows-48", tmp_path, "q8_0"))
+    import gguf
+
+    assert tensors["blk.0.ffn_up.weight"].tensor_type == gguf.GGMLQuantizationType.F16  # rows of 48 values
+    assert tensors["blk.0.ffn_down.weight"].tensor_type == gguf.GGMLQuantizationType.Q8_0  # rows of 64
+
+
+def test_unsupported_model_and_precision_are_refused_in_one_line(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=64)).eval()
+    with pytest.raises(ExportError, match=r"converts llama, mistral, qwen2 language models, not 'gpt2'") as info:
+        exported_gguf(gpt2, "gpt2", tmp_path, "float16")
+    assert "\n" not in str(info.value)
+    with pytest.raises(ExportError, match=r"precision 'int3' is unknown; choose one of float16, float32, q8_0"):
+        exported_gguf(gpt2, "gpt2", tmp_path, "int3")
+    assert not list(tmp_path.iterdir())
+
+
+def test_export_is_cached_by_key_and_precision(tiny_lm, lm):
+    path = exported_gguf(tiny_lm, lm.key, lm.cache_dir, "float32")
+    stamp = path.stat().st_mtime_ns
+    assert exported_gguf(tiny_lm, lm.key, lm.cache_dir, "float32") == path and path.stat().st_mtime_ns == stamp
+    assert path.parent == cache_path(lm.cache_dir, lm.key, "float32") != cache_path(lm.cache_dir, lm.key, "q8_0")
+
+
+def test_runtime_without_llama_cpp_says_how_to_install(lm, monkeypatch):
+    import sys
+
+    from hiprune.errors import BackendUnavailableError
+
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # what an environment without the extra sees
+    with pytest.raises(BackendUnavailableError, match=r"pip install 'hiprune-export\[llamacpp\]'"):
+        get_llm_runtime("llama.cpp")(lm)
+
+
+def _embeds(length: int, seed: int) -> torch.Tensor:
+    return torch.randn(1, length, 64, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module")
+def llama_cpp_llm(lm):
+    if not HAS_LLAMA_CPP:
+        pytest.skip("llama-cpp-python is not installed (the optional llamacpp extra)")
+    return get_llm_runtime("llama.cpp")(lm, dtype="float32")
+
+
+@pytest.mark.usefixtures("llama_cpp_llm")
+class TestLlamaCpp:
+    pytestmark = needs_llama_cpp
+
+    def test_prefill_logits_and_greedy_ids_match_transformers(self, tiny_lm, llama_cpp_llm):
+        embeds = _embeds(11, seed=1)
+        with torch.no_grad():
+            reference_logits = tiny_lm(inputs_embeds=embeds).logits[0, -1]
+            reference_ids = tiny_lm.generate(
+                inputs_embeds=embeds, attention_mask=torch.ones(1, 11, dtype=torch.long), max_new_tokens=12,
+                do_sample=False, eos_token_id=None, pad_token_id=0,
+            )[0].tolist()  # fmt: skip
+        prefill = llama_cpp_llm.prefill(embeds)
+        difference = (prefill.logits - reference_logits).abs().max()
+        assert difference <= 1e-3, difference
+        assert llama_cpp_llm.decode(prefill, 12) == reference_ids and len(reference_ids) == 12
+
+    def test_a_second_prefill_starts_from_an_empty_cache(self, llama_cpp_llm):
+        first = llama_cpp_llm.decode(llama_cpp_llm.prefill(_embeds(9, seed=4)), 6)
+        llama_cpp_llm.decode(llama_cpp_llm.prefill(_embeds(5, seed=8)), 6)
+        again = llama_cpp_llm.prefill(_embeds(9, seed=4))
+        assert llama_cpp_llm.decode(again, 6) == first
+
+    def test_decode_stops_at_eos(self, llama_cpp_llm):
+        free = llama_cpp_llm.decode(llama_cpp_llm.prefill(_embeds(6, seed=2)), 8)
+        llama_cpp_llm.eos_token_id = free[3]
+        try:
+            stopped = llama_cpp_llm.decode(llama_cpp_llm.prefill(_embeds(6, seed=2)), 8)
+        finally:
+            llama_cpp_llm.eos_token_id = None
+        assert stopped == free[: free.index(free[3]) + 1]
+
+    def test_float16_and_q8_0_give_the_float32_ids(self, lm, llama_cpp_llm):
+        embeds = _embeds(9, seed=7)
+        reference = llama_cpp_llm.prefill(embeds)
+        for precision in ("float16", "q8_0"):
+            other = get_llm_runtime("llama.cpp")(lm, dtype=precision)
+            ours = other.prefill(embeds)
+            assert torch.allclose(ours.logits, reference.logits, atol=0.1), precision
+            assert other.decode(ours, 8) == llama_cpp_llm.decode(reference, 8), precision
+            other.close()
+
+    def test_chain_with_llama_cpp_generates_what_transformers_does(self, tiny_vlm, photo, tmp_path):
+        from hiprune.api import ExportRequest, export
+        from hiprune.config import HiPruneConfig
+        from hiprune.runtime.chain import Chain
+
+        artifact = tmp_path / "k8"
+        export(ExportRequest(hiprune=HiPruneConfig(keep=8), model=str(tiny_vlm()), output=artifact))
+        runs = {}
+        for runtime, options in (("transformers", {}), ("llama.cpp", {"dtype": "float32"})):
+            with Chain(artifact, runtime, runtime_options=options) as chain:
+                runs[runtime] = chain.run(photo(48, 1), "What is in the picture?", max_new_tokens=6)
+        assert runs["llama.cpp"].generated_ids == runs["transformers"].generated_ids
+        assert runs["llama.cpp"].kept_tokens == 8 and runs["llama.cpp"].llm_runtime == "llama.cpp"
