@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from select_ops import sort_based_select  # noqa: E402  (the previous form, kept verbatim in the CPU bench)
 
 from hiprune.config import HiPruneConfig, anchor_count  # noqa: E402
+from hiprune.errors import one_line  # noqa: E402
 from hiprune.export.models import load_encoder  # noqa: E402
 from hiprune.selection import select_static  # noqa: E402
 
@@ -92,7 +93,7 @@ def kernels(fn) -> dict:
 
 def module_costs(args: argparse.Namespace, dtype: torch.dtype, result: dict) -> None:
     """The model pruned (K = ``keep``) and unpruned, eager and (on CUDA) graphed; the eager numbers are emitted
-    before the graphs are captured, so a capture that fails keeps them."""
+    before the graphs are captured, and a capture that fails is recorded as one line, so the run goes on."""
     device, runs = args.device, args.runs
     pruned = load_encoder(args.model, HiPruneConfig(keep=args.keep)).encoder.to(device, dtype).eval()
     full = load_encoder(args.model, HiPruneConfig(prune=False)).encoder.to(device, dtype).eval()
@@ -100,10 +101,18 @@ def module_costs(args: argparse.Namespace, dtype: torch.dtype, result: dict) -> 
     ms = {"eager": interleaved({"pruned": lambda: pruned(x), "full": lambda: full(x)}, runs, device)}
     emit(result, args.json, "module_eager", _module_part(ms))
     if device == "cuda":
-        ms["cuda_graphs"] = interleaved(
-            {"pruned": graphed(lambda: pruned(x)), "full": graphed(lambda: full(x))}, runs, device
-        )
+        try:
+            ms["cuda_graphs"] = interleaved(
+                {"pruned": graphed(lambda: pruned(x)), "full": graphed(lambda: full(x))}, runs, device
+            )
+        except Exception as exc:  # keep the eager numbers and still measure the selection op
+            emit(result, args.json, "module_cuda_graphs", {"module_cuda_graphs_error": _failure(exc)})
+            return
         emit(result, args.json, "module_cuda_graphs", _module_part(ms))
+
+
+def _failure(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {one_line(exc)}"
 
 
 def _module_part(ms: dict[str, dict[str, float]]) -> dict:
@@ -121,7 +130,10 @@ def select_costs(args: argparse.Namespace) -> dict:
     forms = {"current": lambda: select_static(*call), "sort_based": lambda: sort_based_select(*call)}
     result = {"select_ms": {"eager": interleaved(forms, runs, device)}}
     if device == "cuda":
-        result["select_ms"]["cuda_graphs"] = interleaved({k: graphed(f) for k, f in forms.items()}, runs, device)
+        try:
+            result["select_ms"]["cuda_graphs"] = interleaved({k: graphed(f) for k, f in forms.items()}, runs, device)
+        except Exception as exc:
+            result["select_cuda_graphs_error"] = _failure(exc)
         result["select_kernels"] = {name: kernels(fn) for name, fn in forms.items()}
     return result
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from hiprune.artifacts import library_versions, load_manifest
+from hiprune.artifacts import Verified, library_versions, verify_artifact
 from hiprune.bench_report import REPORT_FORMAT, budget_entry, speedups, write_report
 from hiprune.config import HiPruneConfig
 from hiprune.errors import ArtifactError, BackendUnavailableError, ConfigError
@@ -116,20 +116,21 @@ def _matches(manifest: dict[str, Any], request: BenchRequest, keep: int | None) 
     )
 
 
-def artifact_for(request: BenchRequest, keep: int | None) -> tuple[Path, bool]:
-    """The artifact for ``keep``: reused from the cache when its manifest matches the request, else exported."""
+def artifact_for(request: BenchRequest, keep: int | None) -> tuple[Verified, bool]:
+    """The artifact for ``keep``, checked against its manifest (read once, handed to the chain): reused from the
+    cache when that manifest matches the request and every file has its listed size, else exported."""
     from hiprune.api import ExportRequest, export
 
     directory = request.cache_dir() / f"{request.target}-{label(keep)}"
     if not request.fresh and (directory / "manifest.json").is_file():
         with contextlib.suppress(KeyError, ArtifactError):
-            manifest = load_manifest(directory)
-            if _matches(manifest, request, keep) and (directory / manifest["artifact"]).exists():
-                return directory, True
+            verified = verify_artifact(directory)
+            if _matches(verified.manifest, request, keep):
+                return verified, True
     config = HiPruneConfig(keep=keep) if keep is not None else HiPruneConfig(prune=False)
     export(ExportRequest(hiprune=config, target=request.target, model=request.model, output=directory, force=True,
                          options=dict(request.target_options)))  # fmt: skip
-    return directory, False
+    return verify_artifact(directory), False
 
 
 def test_image(shape: tuple[int, ...], path: Path | None) -> Any:
@@ -179,7 +180,7 @@ def device_info(device: str) -> dict[str, Any]:
     return info
 
 
-def open_chains(request: BenchRequest, artifacts: dict[int | None, Path], stack: contextlib.ExitStack) -> dict:
+def open_chains(request: BenchRequest, artifacts: dict[int | None, Verified], stack: contextlib.ExitStack) -> dict:
     """One chain per budget; later ones share the first one's language-model runtime where the chain allows it."""
     from hiprune.runtime.chain import Chain
 
@@ -244,8 +245,9 @@ def run_bench(request: BenchRequest, quiet: bool = False) -> dict[str, Any]:
         budgets = []
         for keep, chain in chains.items():
             last = samples[keep]["last"]
-            extra = {"prompt_tokens": last.prompt_tokens, "artifact": str(artifacts[keep]), "reused": reused[keep],
-                     "generated_ids": last.generated_ids, "peak_memory_mb": last.peak_memory_mb}  # fmt: skip
+            extra = {"prompt_tokens": last.prompt_tokens, "artifact": str(artifacts[keep].directory),
+                     "reused": reused[keep], "generated_ids": last.generated_ids,
+                     "peak_memory_mb": last.peak_memory_mb}  # fmt: skip
             budgets.append(budget_entry(label(keep), chain.kept, samples[keep]["chain"], samples[keep]["ideal"], extra))
         report = _report(request, first, budgets)
     write_report(report, request.out)

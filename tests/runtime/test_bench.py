@@ -69,6 +69,30 @@ def test_second_run_reuses_the_cached_artifacts(bench_run):
     assert report["budgets"][0]["chain_ms"]["ttft"]["n"] == 1
 
 
+def test_cache_reads_each_manifest_once_and_re_exports_an_artifact_whose_files_changed(
+    bench_run, tiny_vlm, tmp_path, monkeypatch
+):
+    import shutil
+
+    import hiprune.artifacts
+    from hiprune.bench import BenchRequest, artifact_for
+
+    out, _, _ = bench_run
+    cache = tmp_path / "artifacts"
+    shutil.copytree(out / "artifacts", cache)
+    with (cache / "onnx-8" / "model.onnx").open("ab") as handle:
+        handle.write(b"\0")  # the listed size no longer matches
+    reads = []
+    original = hiprune.artifacts.load_manifest
+    monkeypatch.setattr(hiprune.artifacts, "load_manifest", lambda d: reads.append(d) or original(d))
+    request = BenchRequest(model=str(tiny_vlm()), keep=(None, 8), cache=cache, out=tmp_path / "out")
+    full, reused_full = artifact_for(request, None)
+    assert reused_full and len(reads) == 1 and full.manifest["hiprune"]["prune"] is False
+    pruned, reused_pruned = artifact_for(request, 8)
+    assert not reused_pruned and pruned.manifest["hiprune"]["keep"] == 8
+    hiprune.artifacts.verify_artifact(pruned.directory, full=True)  # rewritten whole
+
+
 def test_onnxruntime_llm_generates_the_same_ids(bench_run, tiny_vlm):
     """Encoder and ONNX decoder sessions in one process (the cached artifacts reused): the transformers ids."""
     out, first, _ = bench_run
