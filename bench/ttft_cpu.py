@@ -5,6 +5,9 @@ truncated to ``--llm-layers`` decoder layers. Prints JSON; all ratios come from 
     python bench/ttft_cpu.py [--llm-runtime transformers,onnxruntime] [--repeats 5] [--llm-layers 2] [--out DIR]
                              [--ort-threads own|shared]
 
+``--llm-runtime`` takes runtimes, each optionally at a precision: ``llama.cpp@q8_0``, ``onnxruntime@float16``
+(default: the runtime's own; ``llama.cpp`` needs the optional llamacpp extra).
+
 The goal: the chain's TTFT ratio (full / keep 64) is at least 0.9 x the component-ideal ratio (encoder + prefill
 timed on their own), i.e. the runtime glue (preprocessing, splicing, transfers) does not eat the pruning gain.
 Needs about 10 GB of free memory; the artifacts and ONNX decoder are cached in OUT/artifacts for the next run.
@@ -42,7 +45,7 @@ def summary(report: dict) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--llm-runtime", default="transformers", help="comma list: transformers,onnxruntime")
+    parser.add_argument("--llm-runtime", default="transformers", help="comma list of RUNTIME[@PRECISION]")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--llm-layers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("out/bench-cpu"))
@@ -62,12 +65,15 @@ def main() -> None:
         "llm_layers": args.llm_layers,
         "ort_threads": args.ort_threads,
     }
-    for runtime in args.llm_runtime.split(","):
+    for spec in args.llm_runtime.split(","):
+        runtime, _, precision = spec.partition("@")
+        options = {"dtype": precision} if precision else {}
         request = BenchRequest(
             keep=(None, 64), llm_runtime=runtime, device="cpu", repeats=args.repeats, llm_layers=args.llm_layers,
-            out=args.out / runtime, cache=args.out / "artifacts",
+            out=args.out / spec, cache=args.out / "artifacts", runtime_options=options,
         )  # fmt: skip
-        result[runtime] = summary(run_bench(request))
+        report = run_bench(request)
+        result[spec] = {**summary(report), "llm_precision": report["precision"]["llm"]}
     print(json.dumps(result, indent=2))
 
 

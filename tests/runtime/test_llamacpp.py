@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from hiprune.errors import ExportError
+from hiprune.errors import ConfigError, ExportError
 from hiprune.runtime.llm import LanguageModel, get_llm_runtime
 from hiprune.runtime.llm.gguf_export import _interleave, _rope_theta, cache_path, exported_gguf
 
@@ -208,6 +208,13 @@ class TestLlamaCpp:
         llama_cpp_llm.decode(llama_cpp_llm.prefill(_embeds(5, seed=8)), 6)
         again = llama_cpp_llm.prefill(_embeds(9, seed=4))
         assert llama_cpp_llm.decode(again, 6) == first
+
+    def test_the_latest_prefill_decodes_again_and_an_older_one_is_refused(self, llama_cpp_llm):
+        older = llama_cpp_llm.prefill(_embeds(7, seed=6))
+        latest = llama_cpp_llm.prefill(_embeds(5, seed=9))
+        assert llama_cpp_llm.decode(latest, 6) == llama_cpp_llm.decode(latest, 6)
+        with pytest.raises(ConfigError, match="replaced by a later one"):
+            llama_cpp_llm.decode(older, 6)
 
     def test_decode_stops_at_eos(self, llama_cpp_llm):
         free = llama_cpp_llm.decode(llama_cpp_llm.prefill(_embeds(6, seed=2)), 8)

@@ -3,8 +3,9 @@
 llama-cpp-python's high-level ``Llama`` class takes token ids only; its ctypes binding of the C API takes a batch
 of embeddings (``llama_batch_init(n, n_embd, 1)``), as llama.cpp's own multimodal tools feed image tokens. The
 prefill is one such batch (the spliced prompt, positions 0..T-1, logits of the last position only); each decode
-step is a one-token batch of ids at the next position. The KV cache is the context's own memory, cleared before
-every prefill. Precision: ``float16`` (default), ``float32`` or ``q8_0`` (see :mod:`.gguf_export`).
+step is a one-token batch of ids at the next position. The KV cache is the context's own memory: cleared before
+every prefill, and cut back to the prefill's length before a decode, so the latest prefill can be decoded again.
+Precision: ``float16`` (default), ``float32`` or ``q8_0`` (see :mod:`.gguf_export`).
 
 ``--device cuda`` offloads every layer to the GPU backend llama.cpp was built with (CUDA, or Metal on Apple
 Silicon); a CPU-only build is refused in one line. llama-cpp-python is an optional extra (``pip install
@@ -14,8 +15,8 @@ Silicon); a CPU-only build is refused in one line. llama-cpp-python is an option
 from __future__ import annotations
 
 import ctypes
-import logging
 import os
+import sys
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
     import torch
 
 DEFAULT_CONTEXT = 2048  # prompt + generated tokens the context holds (LLaVA-1.5: 576 image tokens + text)
+_LOG_ERROR, _LOG_CONT = 4, 5  # ggml_log_level: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT (continues the last)
+_log: dict[str, Any] = {"callback": None, "last": 0}
 
 
 def _binding() -> Any:
@@ -38,8 +41,17 @@ def _binding() -> Any:
             "--llm-runtime llama.cpp needs llama-cpp-python: pip install 'hiprune-export[llamacpp]' "
             "(built from source for this machine; CMAKE_ARGS='-DGGML_CUDA=on' for NVIDIA GPUs)"
         ) from None
-    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # its C log callback prints below this level
+    if _log["callback"] is None:
+        _log["callback"] = llama_cpp.llama_log_callback(_errors_only)  # kept referenced: C holds the pointer
+        llama_cpp.llama_log_set(_log["callback"], ctypes.c_void_p(0))
     return llama_cpp
+
+
+def _errors_only(level: int, text: bytes, _user_data: Any) -> None:
+    """llama.cpp's log, errors only (the binding's own callback shows its load-time warnings as errors)."""
+    _log["last"] = _log["last"] if level == _LOG_CONT else level
+    if _log["last"] >= _LOG_ERROR:
+        sys.stderr.write(text.decode("utf-8", errors="replace"))
 
 
 class LlamaCppLLM(LLMRuntime):
@@ -88,6 +100,7 @@ class LlamaCppLLM(LLMRuntime):
             raise ResourceError(f"llama.cpp could not create a {context}-token context for {self.path}")
         self.context = context
         self._logits_width = self.vocab_size
+        self._prefills = 0  # which prefill the context's memory holds
 
     def close(self) -> None:
         """Frees the context and the model (also when the runtime is garbage-collected)."""
@@ -139,15 +152,19 @@ class LlamaCppLLM(LLMRuntime):
         if embeds.shape[0] >= self.context:
             raise ConfigError(f"the prompt has {embeds.shape[0]} tokens; the llama.cpp context holds {self.context}")
         self._c.llama_memory_clear(self._c.llama_get_memory(self._ctx), True)
+        self._prefills += 1
         batch = self._batch(embeds.shape[0], 0, embeds, None)
         try:
             logits = self._run(batch, embeds.shape[0])
         finally:
             self._c.llama_batch_free(batch)
-        return Prefill(int(logits.argmax()), torch.from_numpy(logits), None, embeds.shape[0])
+        return Prefill(int(logits.argmax()), torch.from_numpy(logits), self._prefills, embeds.shape[0])
 
     def decode(self, prefill: Prefill, max_new_tokens: int) -> list[int]:
+        if prefill.state != self._prefills:
+            raise ConfigError("this llama.cpp prefill was replaced by a later one on the same context; prefill again")
         tokens, length = [prefill.first_token], prefill.length
+        self._c.llama_memory_seq_rm(self._c.llama_get_memory(self._ctx), 0, length, -1)  # an earlier decode's tokens
         batch = self._batch(1, length, None, prefill.first_token)
         try:
             while len(tokens) < max_new_tokens and tokens[-1] != self.eos_token_id and length < self.context:
