@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-all lint fmt bench bench-ort wheels-for-device clean
+.PHONY: setup demo test test-all lint fmt bench bench-llamacpp bench-ort wheels-for-device clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,12 @@ fmt: $(STAMP)
 ## writes out/bench-cpu/bench.{json,md,png}. Needs >= 10 GB free memory.
 bench: $(STAMP)
 	$(BIN)/python bench/ttft_cpu.py --llm-runtime transformers,onnxruntime --repeats 11 --out out/bench-cpu
+
+## The same with the llama.cpp runtime at float16 and q8_0. Installs the llamacpp extra first: llama-cpp-python
+## compiles llama.cpp for this machine (several minutes on 2 cores, once).
+bench-llamacpp: $(STAMP)
+	$(BIN)/pip install --quiet -e ".[llamacpp]"
+	$(BIN)/python bench/ttft_cpu.py --llm-runtime llama.cpp@float16,llama.cpp@q8_0 --repeats 11 --out out/bench-cpu
 
 ## ORT CPU latency of the encoder artifact, pruned vs --no-prune, and default-model export cost; prints JSON.
 bench-ort: $(STAMP)

@@ -7,8 +7,8 @@ step is a one-token batch of ids at the next position. The KV cache is the conte
 every prefill, and cut back to the prefill's length before a decode, so the latest prefill can be decoded again.
 Precision: ``float16`` (default), ``float32`` or ``q8_0`` (see :mod:`.gguf_export`).
 
-``--device cuda`` offloads every layer to the GPU backend llama.cpp was built with (CUDA, or Metal on Apple
-Silicon); a CPU-only build is refused in one line. llama-cpp-python is an optional extra (``pip install
+``--device cuda`` offloads every layer to the GPU backend llama.cpp was built with (CUDA); a CPU-only build is
+refused in one line. llama-cpp-python is an optional extra (``pip install
 'hiprune-export[llamacpp]'``): PyPI ships it as source, compiled at install for the machine's backend.
 """
 
