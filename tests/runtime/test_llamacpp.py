@@ -146,6 +146,35 @@ def test_rows_that_are_not_whole_q8_blocks_stay_float16(tmp_path):
     assert tensors["blk.0.ffn_down.weight"].tensor_type == gguf.GGMLQuantizationType.Q8_0  # rows of 64
 
 
+@pytest.fixture(scope="module")
+def tiny_qwen2(tmp_path_factory):
+    """Qwen2: biased q/k/v projections, rotate-half rotary in llama.cpp too (no reordering), tied embeddings."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(1)
+    config = Qwen2Config(
+        hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        vocab_size=128, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2,
+    )  # fmt: skip
+    model = Qwen2ForCausalLM(config).eval()
+    with torch.no_grad():
+        model.model.embed_tokens.weight.mul_(8.0)  # also the tied head: wide logit margins
+        for layer in model.model.layers:
+            layer.self_attn.q_proj.bias.normal_(0, 0.5)  # biases that change the attention scores
+            layer.self_attn.k_proj.bias.normal_(0, 0.5)
+    return LanguageModel(model, "tiny-qwen2-seed1", tmp_path_factory.mktemp("qwen2-cache"), eos_token_id=None)
+
+
+def test_qwen2_keeps_its_biases_and_rotary_order(tiny_qwen2):
+    model = tiny_qwen2.model
+    reader, tensors = _read(exported_gguf(model, tiny_qwen2.key, tiny_qwen2.cache_dir, "float32"))
+    attention = model.model.layers[0].self_attn
+    assert _field(reader, "general.architecture") == "qwen2"
+    assert np.array_equal(_value(tensors["blk.0.attn_q.weight"]), attention.q_proj.weight.detach().numpy())
+    assert np.array_equal(_value(tensors["blk.0.attn_k.bias"]), attention.k_proj.bias.detach().numpy())
+    assert np.array_equal(_value(tensors["output.weight"]), model.model.embed_tokens.weight.detach().numpy())
+
+
 def test_unsupported_model_and_precision_are_refused_in_one_line(tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -202,6 +231,17 @@ class TestLlamaCpp:
         difference = (prefill.logits - reference_logits).abs().max()
         assert difference <= 1e-3, difference
         assert llama_cpp_llm.decode(prefill, 12) == reference_ids and len(reference_ids) == 12
+
+    def test_qwen2_matches_transformers(self, tiny_qwen2):
+        runtime = get_llm_runtime("llama.cpp")(tiny_qwen2, dtype="float32")
+        embeds = _embeds(10, seed=11)
+        with torch.no_grad():
+            reference = tiny_qwen2.model(inputs_embeds=embeds).logits[0, -1]
+        ours = runtime.prefill(embeds)
+        assert (ours.logits - reference).abs().max() <= 1e-3
+        hf = get_llm_runtime("transformers")(tiny_qwen2)
+        assert runtime.decode(ours, 10) == hf.decode(hf.prefill(embeds), 10)
+        runtime.close()
 
     def test_a_second_prefill_starts_from_an_empty_cache(self, llama_cpp_llm):
         first = llama_cpp_llm.decode(llama_cpp_llm.prefill(_embeds(9, seed=4)), 6)
