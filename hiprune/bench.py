@@ -73,11 +73,12 @@ class BenchRequest:
 
     def validate(self) -> None:
         """Every setting checked before anything is exported or loaded."""
-        from hiprune.runtime.llm.base import check_max_new_tokens, check_precision
+        from hiprune.runtime.llm.base import check_max_new_tokens, check_precision, get_llm_runtime
         from hiprune.targets import get_target
 
         get_target(self.target)(self.target_options)
         check_precision(self.llm_runtime, self.runtime_options.get("dtype"))
+        get_llm_runtime(self.llm_runtime).check_usable(None)  # an uninstalled runtime, before any export
         if not self.keep:
             raise ConfigError("--keep is empty; pass budgets such as full,64")
         for name, value, low in (("--repeats", self.repeats, 1), ("--warmup", self.warmup, 0)):

@@ -17,7 +17,7 @@ from hiprune.contract import IMAGE_EMBEDS, IOContract
 from hiprune.errors import CheckpointError, ConfigError, one_line
 from hiprune.runtime.encoders import checkpoint_of, open_runner, require_device, verified_artifact
 from hiprune.runtime.llm.base import LLMRuntime, Timings, check_max_new_tokens, check_precision, get_llm_runtime
-from hiprune.runtime.llm.loading import TextSide, checkpoint_digest, load_language_model
+from hiprune.runtime.llm.loading import TextSide, checkpoint_digest, load_language_model, text_config
 from hiprune.runtime.preprocess import disagreement, load_image_processor, on_device, preprocess, texture_probe
 
 FALLBACK_TEMPLATE = "USER: {image}\n{prompt} ASSISTANT:"  # LLaVA-1.5's conversation format
@@ -89,9 +89,11 @@ class Chain:
         self.kept = self.io.kept
         checkpoint, digest = self._checkpoint(llm)
         self.processor = load_image_processor(self.artifact_dir, checkpoint_of(self.manifest))
+        self._owns_runtime = reuse_llm_from is None
         if reuse_llm_from is not None:
             self.runtime, self.text = self._reuse(reuse_llm_from, checkpoint, runtime_cls)
         else:
+            runtime_cls.check_usable(text_config(checkpoint))  # before the weights load
             placement, dtype = runtime_cls.model_placement(device)
             lm, self.text = load_language_model(checkpoint, self.artifact_dir, llm_layers, placement, dtype, digest)
             self.runtime = runtime_cls(lm, device, **(runtime_options or {}))
@@ -146,8 +148,11 @@ class Chain:
         self.close()
 
     def close(self) -> None:
+        """Closes the encoder runner, and the language-model runtime unless another chain lent it."""
         if self.runner.active:
             self.runner.__exit__(None, None, None)
+        if self._owns_runtime:
+            self.runtime.close()
 
     def _checkpoint(self, llm: Path | None) -> tuple[str | None, str | None]:
         """The language model's checkpoint, and its weights digest where comparing ``--llm`` with the recorded one

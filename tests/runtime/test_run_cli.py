@@ -63,6 +63,22 @@ def test_run_writes_json(artifact, photo_file, tiny_vlm, tmp_path, monkeypatch):
     assert "time to first token" in result.output
 
 
+def test_a_runtime_that_is_not_installed_is_refused_before_the_language_model_loads(
+    artifact, photo_file, tmp_path, monkeypatch
+):
+    import sys
+
+    import hiprune.runtime.chain
+
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # what a machine without the llamacpp extra has
+    monkeypatch.setattr(hiprune.runtime.chain, "load_language_model", lambda *a, **k: pytest.fail("loaded"))
+    out = tmp_path / "never.json"
+    result = _run(artifact, "--image", photo_file, "--prompt", "Hi", "--llm-runtime", "llama.cpp", "--json", out)
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 6 and len(lines) == 1, result.output
+    assert "pip install 'hiprune-export[llamacpp]'" in lines[0] and not out.exists()
+
+
 def test_bad_input_one_line_error(artifact, photo_file, tiny_vlm, tmp_path):
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not an image at all")

@@ -94,6 +94,16 @@ class LLMRuntime(abc.ABC):
         """
         return (device, "float16" if device == "cuda" else "float32")
 
+    @classmethod
+    def check_usable(cls, text_config: Any | None) -> None:
+        """Refuses in one line, before the language model loads, what this runtime cannot run: a missing library,
+        or (given the checkpoint's text ``config``) a model it cannot take. The default runs everything."""
+        return None
+
+    def close(self) -> None:
+        """Frees what the runtime holds outside Python objects (the chain calls it; the default holds nothing)."""
+        return None
+
     @property
     def precision(self) -> str:
         """What the language model runs at: ``dtype`` when one was asked for, else where the chain loaded it."""

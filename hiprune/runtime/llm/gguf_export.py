@@ -39,7 +39,7 @@ def exported_gguf(model: Any, key: str, cache_dir: Path, precision: str) -> Path
     """The cached GGUF of ``model`` (a transformers causal LM), written first when absent."""
     if precision not in PRECISIONS:
         raise ExportError(f"llama.cpp precision {precision!r} is unknown; choose one of {', '.join(PRECISIONS)}")
-    arch = _arch(model.config)
+    arch = check_convertible(model.config)
     directory = cache_path(cache_dir, key, precision)
     if not (directory / MODEL).is_file():
         with staged_output(directory, force=True) as stage:
@@ -47,7 +47,8 @@ def exported_gguf(model: Any, key: str, cache_dir: Path, precision: str) -> Path
     return directory / MODEL
 
 
-def _arch(config: Any) -> str:
+def check_convertible(config: Any) -> str:
+    """The llama.cpp architecture for a transformers text ``config``, or one line saying why it cannot be written."""
     model_type = getattr(config, "model_type", None)
     if model_type not in ARCHS:
         raise ExportError(
@@ -102,45 +103,69 @@ def _write_header(writer: Any, config: Any, key: str, file_type: int) -> None:
         writer.add_eos_token_id(config.eos_token_id)
 
 
-def _stored(array: Any, precision: str) -> tuple[Any, Any]:
-    """(data, GGML type): 1-D tensors stay float32, as llama.cpp's converter keeps them; Q8_0 needs whole
-    32-value blocks along each row (rows that are not keep float16)."""
+def _ggml_type(shape: tuple[int, ...], precision: str) -> Any:
+    """1-D tensors stay float32, as llama.cpp's converter keeps them; Q8_0 needs whole 32-value blocks along each
+    row (rows that are not keep float16)."""
     import gguf
-    import numpy as np
 
     types = gguf.GGMLQuantizationType
-    if array.ndim == 1 or precision == "float32":
-        return array.astype(np.float32), types.F32
-    if precision == "q8_0" and array.shape[-1] % _Q8_BLOCK == 0:
-        return gguf.quants.quantize(array, types.Q8_0), types.Q8_0
-    return array.astype(np.float16), types.F16
+    if len(shape) == 1 or precision == "float32":
+        return types.F32
+    if precision == "q8_0" and shape[-1] % _Q8_BLOCK == 0:
+        return types.Q8_0
+    return types.F16
 
 
-def write_gguf(model: Any, path: Path, arch: str, precision: str, key: str) -> None:
-    """Writes ``model``'s decoder (embedding, layers, final norm, head) to ``path`` in GGUF."""
+def _nbytes(shape: tuple[int, ...], ggml_type: Any) -> int:
+    import math
+
+    import gguf
+
+    return math.prod(gguf.quants.quant_shape_to_byte_shape(shape, ggml_type))
+
+
+def _tensors(model: Any, arch: str) -> list[tuple[str, str, tuple[int, ...]]]:
+    """(GGUF name, state-dict name, shape) of every weight, in writing order."""
     import gguf
 
     config = model.config
-    file_types = {"float32": gguf.LlamaFileType.ALL_F32, "float16": gguf.LlamaFileType.MOSTLY_F16,
-                  "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}  # fmt: skip
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch.upper()], config.num_hidden_layers)
-    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads or config.num_attention_heads
-    writer = gguf.GGUFWriter(path, arch, use_temp_file=True)
-    _write_header(writer, config, key, file_types[precision])
+    planned = []
     for name, tensor in model.state_dict().items():
         if name.endswith("rotary_emb.inv_freq"):
             continue
         target = names.get_name(name, try_suffixes=(".weight", ".bias"))
         if target is None:
             raise ExportError(f"the llama.cpp runtime has no GGUF name for {name!r} of this {config.model_type} model")
-        array = tensor.detach().float().cpu().numpy()
+        planned.append((target, name, tuple(tensor.shape)))
+    return planned
+
+
+def write_gguf(model: Any, path: Path, arch: str, precision: str, key: str) -> None:
+    """Writes ``model``'s decoder (embedding, layers, final norm, head) to ``path`` in GGUF, one tensor at a time:
+    the tensor table first, then each weight converted and written (no second copy of the model in memory)."""
+    import gguf
+    import numpy as np
+
+    config = model.config
+    file_types = {"float32": gguf.LlamaFileType.ALL_F32, "float16": gguf.LlamaFileType.MOSTLY_F16,
+                  "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}  # fmt: skip
+    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads or config.num_attention_heads
+    planned = _tensors(model, arch)
+    writer = gguf.GGUFWriter(path, arch)
+    _write_header(writer, config, key, file_types[precision])
+    for target, _, shape in planned:
+        ggml_type = _ggml_type(shape, precision)
+        writer.add_tensor_info(target, shape, np.dtype(np.float32), _nbytes(shape, ggml_type), raw_dtype=ggml_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    weights = model.state_dict()
+    for _, name, shape in planned:
+        array = weights[name].detach().float().cpu().numpy()
         if arch in _PERMUTED and ".self_attn.q_proj." in name:
             array = _interleave(array, heads)
         elif arch in _PERMUTED and ".self_attn.k_proj." in name:
             array = _interleave(array, kv_heads)
-        data, ggml_type = _stored(array, precision)
-        writer.add_tensor(target, data, raw_dtype=ggml_type)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
+        writer.write_tensor_data(gguf.quants.quantize(array, _ggml_type(shape, precision)))
     writer.close()

@@ -15,7 +15,7 @@ refused in one line. llama-cpp-python is an optional extra (``pip install
 from __future__ import annotations
 
 import ctypes
-import os
+import importlib.util
 import sys
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -23,12 +23,16 @@ import numpy as np
 
 from hiprune.errors import BackendUnavailableError, ConfigError, ExportError, HiPruneError, ResourceError
 from hiprune.runtime.llm.base import LanguageModel, LLMRuntime, Prefill
-from hiprune.runtime.llm.gguf_export import PRECISIONS, exported_gguf
+from hiprune.runtime.llm.gguf_export import PRECISIONS, check_convertible, exported_gguf
 
 if TYPE_CHECKING:
     import torch
 
-DEFAULT_CONTEXT = 2048  # prompt + generated tokens the context holds (LLaVA-1.5: 576 image tokens + text)
+MAX_CONTEXT = 4096  # tokens the context holds (prompt + generated), at most the model's max_position_embeddings
+INSTALL = (
+    "--llm-runtime llama.cpp needs llama-cpp-python: pip install 'hiprune-export[llamacpp]' "
+    "(built from source for this machine; CMAKE_ARGS='-DGGML_CUDA=on' for NVIDIA GPUs)"
+)
 _LOG_ERROR, _LOG_CONT = 4, 5  # ggml_log_level: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT (continues the last)
 _log: dict[str, Any] = {"callback": None, "last": 0}
 
@@ -37,14 +41,16 @@ def _binding() -> Any:
     try:
         import llama_cpp
     except ImportError:
-        raise BackendUnavailableError(
-            "--llm-runtime llama.cpp needs llama-cpp-python: pip install 'hiprune-export[llamacpp]' "
-            "(built from source for this machine; CMAKE_ARGS='-DGGML_CUDA=on' for NVIDIA GPUs)"
-        ) from None
+        raise BackendUnavailableError(INSTALL) from None
     if _log["callback"] is None:
         _log["callback"] = llama_cpp.llama_log_callback(_errors_only)  # kept referenced: C holds the pointer
         llama_cpp.llama_log_set(_log["callback"], ctypes.c_void_p(0))
     return llama_cpp
+
+
+def context_for(config: Any) -> int:
+    """The context's length for a text ``config``: :data:`MAX_CONTEXT`, or less where the model's positions end."""
+    return min(MAX_CONTEXT, int(getattr(config, "max_position_embeddings", MAX_CONTEXT)))
 
 
 def _errors_only(level: int, text: bytes, _user_data: Any) -> None:
@@ -61,13 +67,16 @@ class LlamaCppLLM(LLMRuntime):
     precisions: ClassVar[tuple[str, ...]] = PRECISIONS
 
     def __init__(
-        self, lm: LanguageModel, device: str = "cpu", dtype: str | None = None, context: int = DEFAULT_CONTEXT,
+        self, lm: LanguageModel, device: str = "cpu", dtype: str | None = None, context: int | None = None,
         threads: int | None = None,
     ) -> None:  # fmt: skip
+        import torch
+
         super().__init__(lm, device, dtype)
         self.dtype = dtype or "float16"
         if device not in ("cpu", "cuda"):
             raise ConfigError(f"--device {device!r} is unknown; choose cpu or cuda")
+        self.check_usable(lm.model.config)
         self._c = _binding()
         if device == "cuda" and not self._c.llama_supports_gpu_offload():
             raise BackendUnavailableError(
@@ -76,7 +85,23 @@ class LlamaCppLLM(LLMRuntime):
             )
         self.path = exported_gguf(lm.model, lm.key, lm.cache_dir, self.dtype)
         self._table = lm.model.get_input_embeddings().weight.detach().float().cpu().numpy()
-        self._open(context, threads or os.cpu_count() or 1)
+        self.threads = threads or torch.get_num_threads()  # the transformers runtime's count: comparable timings
+        self._open(context or context_for(lm.model.config), self.threads)
+
+    @classmethod
+    def check_usable(cls, text_config: Any | None) -> None:
+        """llama-cpp-python installed; a decoder the GGUF writer converts; no sliding window inside the context
+        (llama.cpp's ``llama`` and ``qwen2`` graphs attend to every cached token)."""
+        if text_config is not None:
+            check_convertible(text_config)
+            window = getattr(text_config, "sliding_window", None)
+            if getattr(text_config, "use_sliding_window", True) and window and window < context_for(text_config):
+                raise ConfigError(
+                    f"this {text_config.model_type} model attends within a {window}-token sliding window, which the "
+                    "llama.cpp runtime does not apply; use --llm-runtime transformers or onnxruntime"
+                )
+        if importlib.util.find_spec("llama_cpp") is None:
+            raise BackendUnavailableError(INSTALL)
 
     @classmethod
     def model_placement(cls, device: str) -> tuple[str, str]:
@@ -92,7 +117,7 @@ class LlamaCppLLM(LLMRuntime):
         if not self._model:
             raise ExportError(f"llama.cpp could not load {self.path}; delete that directory to rewrite it")
         params = c.llama_context_default_params()
-        params.n_ctx = params.n_batch = params.n_ubatch = context
+        params.n_ctx = params.n_batch = context  # a whole prompt is one batch; llama.cpp splits it into micro-batches
         params.n_threads = params.n_threads_batch = threads
         params.no_perf = True
         self._ctx = c.llama_init_from_model(self._model, params)
@@ -127,6 +152,8 @@ class LlamaCppLLM(LLMRuntime):
                 f"llama.cpp decode failed (status {status}) at {count} tokens; the context holds {self.context}"
             )
         pointer = self._c.llama_get_logits_ith(self._ctx, -1)
+        if not pointer:
+            raise HiPruneError(f"llama.cpp returned no logits for the last of {count} tokens")
         return np.ctypeslib.as_array(pointer, shape=(self._logits_width,)).astype(np.float32)
 
     def _batch(self, count: int, start: int, embeds: np.ndarray | None, token: int | None) -> Any:
@@ -150,7 +177,10 @@ class LlamaCppLLM(LLMRuntime):
 
         embeds = inputs_embeds.detach().float().cpu().numpy()[0]
         if embeds.shape[0] >= self.context:
-            raise ConfigError(f"the prompt has {embeds.shape[0]} tokens; the llama.cpp context holds {self.context}")
+            raise ConfigError(
+                f"the prompt has {embeds.shape[0]} tokens; the llama.cpp context holds {self.context} "
+                "(the model's positions, at most 4096); shorten the prompt"
+            )
         self._c.llama_memory_clear(self._c.llama_get_memory(self._ctx), True)
         self._prefills += 1
         batch = self._batch(embeds.shape[0], 0, embeds, None)
@@ -173,6 +203,8 @@ class LlamaCppLLM(LLMRuntime):
                 length += 1
         finally:
             self._c.llama_batch_free(batch)
+        if length >= self.context and len(tokens) < max_new_tokens:
+            self.note = f"decoding stopped at {len(tokens)} tokens: the llama.cpp context ({self.context}) is full"
         return tokens
 
     def synchronize(self) -> None:
