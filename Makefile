@@ -44,9 +44,11 @@ bench: $(STAMP)
 	$(BIN)/python bench/ttft_cpu.py --llm-runtime transformers,onnxruntime --repeats 11 --out out/bench-cpu
 
 ## The same with the llama.cpp runtime at float16 and q8_0. Installs the llamacpp extra first: llama-cpp-python
-## compiles llama.cpp for this machine (several minutes on 2 cores, once).
+## compiles llama.cpp (about 8 minutes on 2 cores, once) with portable x86 kernels (AVX2), since a -march=native
+## build stopped with "Illegal instruction" on the CPU machine these numbers come from; LLAMA_CMAKE_ARGS= for native.
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 bench-llamacpp: $(STAMP)
-	$(BIN)/pip install --quiet -e ".[llamacpp]"
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install --quiet -e ".[llamacpp]"
 	$(BIN)/python bench/ttft_cpu.py --llm-runtime llama.cpp@float16,llama.cpp@q8_0 --repeats 11 --out out/bench-cpu
 
 ## ORT CPU latency of the encoder artifact, pruned vs --no-prune, and default-model export cost; prints JSON.

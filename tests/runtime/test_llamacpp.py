@@ -111,7 +111,7 @@ def test_interleaved_projections_give_llama_cpp_rotary_the_attention_scores_of_t
 
 
 def test_gguf_holds_every_weight_under_llama_cpp_names(tiny_lm, lm):
-    reader, tensors = _read(exported_gguf(tiny_lm, lm.key, lm.cache_dir, "float32"))
+    reader, tensors = _read(exported_gguf(lm, "float32"))
     assert _field(reader, "general.architecture") == "llama"
     assert _field(reader, "llama.block_count") == 2 and _field(reader, "llama.attention.head_count_kv") == 2
     assert _field(reader, "llama.embedding_length") == 64 and _field(reader, "llama.feed_forward_length") == 96
@@ -142,7 +142,7 @@ def test_gguf_holds_every_weight_under_llama_cpp_names(tiny_lm, lm):
 def test_q8_0_quantizes_whole_blocks_and_keeps_the_rest_float16(tiny_lm, lm):
     import gguf
 
-    _, tensors = _read(exported_gguf(tiny_lm, lm.key, lm.cache_dir, "q8_0"))
+    _, tensors = _read(exported_gguf(lm, "q8_0"))
     types = gguf.GGMLQuantizationType
     down, up = tensors["blk.0.ffn_down.weight"], tensors["blk.0.ffn_up.weight"]  # rows of 96 and of 64 values
     assert down.tensor_type == types.Q8_0 and up.tensor_type == types.Q8_0
@@ -157,7 +157,7 @@ def test_rows_that_are_not_whole_q8_blocks_stay_float16(tmp_path):
 
     config = LlamaConfig(hidden_size=48, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
                          num_key_value_heads=4, vocab_size=64)  # fmt: skip
-    _, tensors = _read(exported_gguf(LlamaForCausalLM(config).eval(), "rows-48", tmp_path, "q8_0"))
+    _, tensors = _read(exported_gguf(LanguageModel(LlamaForCausalLM(config).eval(), "rows-48", tmp_path, None), "q8_0"))
     import gguf
 
     assert tensors["blk.0.ffn_up.weight"].tensor_type == gguf.GGMLQuantizationType.F16  # rows of 48 values
@@ -185,7 +185,7 @@ def tiny_qwen2(tmp_path_factory):
 
 def test_qwen2_keeps_its_biases_and_rotary_order(tiny_qwen2):
     model = tiny_qwen2.model
-    reader, tensors = _read(exported_gguf(model, tiny_qwen2.key, tiny_qwen2.cache_dir, "float32"))
+    reader, tensors = _read(exported_gguf(tiny_qwen2, "float32"))
     attention = model.model.layers[0].self_attn
     assert _field(reader, "general.architecture") == "qwen2"
     assert np.array_equal(_value(tensors["blk.0.attn_q.weight"]), attention.q_proj.weight.detach().numpy())
@@ -198,10 +198,10 @@ def test_unsupported_model_and_precision_are_refused_in_one_line(tmp_path):
 
     gpt2 = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=64)).eval()
     with pytest.raises(ExportError, match=r"converts llama, mistral, qwen2 language models, not 'gpt2'") as info:
-        exported_gguf(gpt2, "gpt2", tmp_path, "float16")
+        exported_gguf(LanguageModel(gpt2, "gpt2", tmp_path, None), "float16")
     assert "\n" not in str(info.value)
     with pytest.raises(ExportError, match=r"precision 'int3' is unknown; choose one of float16, float32, q8_0"):
-        exported_gguf(gpt2, "gpt2", tmp_path, "int3")
+        exported_gguf(LanguageModel(gpt2, "gpt2", tmp_path, None), "int3")
     assert not list(tmp_path.iterdir())
 
 
@@ -216,9 +216,9 @@ def test_a_sliding_window_inside_the_context_is_refused():
 
 
 def test_export_is_cached_by_key_and_precision(tiny_lm, lm):
-    path = exported_gguf(tiny_lm, lm.key, lm.cache_dir, "float32")
+    path = exported_gguf(lm, "float32")
     stamp = path.stat().st_mtime_ns
-    assert exported_gguf(tiny_lm, lm.key, lm.cache_dir, "float32") == path and path.stat().st_mtime_ns == stamp
+    assert exported_gguf(lm, "float32") == path and path.stat().st_mtime_ns == stamp
     assert path.parent == cache_path(lm.cache_dir, lm.key, "float32") != cache_path(lm.cache_dir, lm.key, "q8_0")
 
 
@@ -270,6 +270,16 @@ class TestLlamaCpp:
         hf = get_llm_runtime("transformers")(tiny_qwen2)
         assert runtime.decode(ours, 10) == hf.decode(hf.prefill(embeds), 10)
         runtime.close()
+
+    def test_a_cached_export_runs_without_loading_the_model(self, lm, llama_cpp_llm):
+        fail = lambda: pytest.fail("the torch model was loaded")  # noqa: E731
+        unloadable = LanguageModel(None, lm.key, lm.cache_dir, None, config=lm.config, loader=fail)
+        again = get_llm_runtime("llama.cpp")(unloadable, dtype="float32")
+        embeds, ids = _embeds(8, seed=12), torch.tensor([[5, 77, 3]])
+        assert torch.equal(again.prefill(embeds).logits, llama_cpp_llm.prefill(embeds).logits)
+        assert torch.equal(again.embed(ids), lm.model.get_input_embeddings()(ids).detach())
+        assert not unloadable.loaded
+        again.close()
 
     def test_a_second_prefill_starts_from_an_empty_cache(self, llama_cpp_llm):
         first = llama_cpp_llm.decode(llama_cpp_llm.prefill(_embeds(9, seed=4)), 6)

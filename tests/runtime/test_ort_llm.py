@@ -89,6 +89,17 @@ def test_export_is_cached_by_key(tiny_lm, ort_llm):
     assert directory.name in [p.name for p in ort_llm.lm.cache_dir.iterdir()]
 
 
+def test_a_cached_export_runs_without_loading_the_model(ort_llm):
+    lm = ort_llm.lm
+    fail = lambda: pytest.fail("the torch model was loaded")  # noqa: E731
+    unloadable = LanguageModel(None, lm.key, lm.cache_dir, None, config=lm.config, loader=fail)
+    again = get_llm_runtime("onnxruntime")(unloadable)
+    embeds, ids = _embeds(7, seed=3), torch.tensor([[5, 77, 3]])
+    assert torch.equal(again.prefill(embeds).logits, ort_llm.prefill(embeds).logits)
+    assert torch.equal(again.embed(ids), lm.model.get_input_embeddings()(ids).detach())
+    assert not unloadable.loaded
+
+
 def test_chain_with_onnxruntime_generates_what_transformers_does(tiny_vlm, photo, tmp_path):
     from hiprune.api import ExportRequest, export
     from hiprune.config import HiPruneConfig
@@ -102,3 +113,13 @@ def test_chain_with_onnxruntime_generates_what_transformers_does(tiny_vlm, photo
             runs[runtime] = chain.run(photo(48, 1), "What is in the picture?", max_new_tokens=6)
     assert runs["onnxruntime"].generated_ids == runs["transformers"].generated_ids
     assert runs["onnxruntime"].kept_tokens == 8 and runs["onnxruntime"].llm_runtime == "onnxruntime"
+    import transformers
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the checkpoint's weights were loaded")
+
+    with pytest.MonkeyPatch.context() as patch:  # the decoder export is cached: the weights stay on disk
+        patch.setattr(transformers.AutoModelForImageTextToText, "from_pretrained", refuse)
+        with Chain(artifact, "onnxruntime") as chain:
+            again = chain.run(photo(48, 1), "What is in the picture?", max_new_tokens=6)
+    assert again.generated_ids == runs["onnxruntime"].generated_ids

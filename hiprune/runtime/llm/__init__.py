@@ -1,4 +1,4 @@
-"""Language-model runtimes for the chain: ``transformers`` (default) and ``onnxruntime``, one interface."""
+"""Language-model runtimes for the chain: ``transformers`` (default), ``onnxruntime``, ``llama.cpp``; one interface."""
 
 from hiprune.runtime.llm.base import RUNTIMES, STAGES, LanguageModel, LLMRuntime, Prefill, Timings, get_llm_runtime
 

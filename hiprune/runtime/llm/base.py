@@ -9,14 +9,19 @@ from __future__ import annotations
 import abc
 import dataclasses
 import importlib
+import os
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from hiprune.errors import ConfigError
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
+EMBEDDINGS = "embed_tokens.npy"
 STAGES = ("preprocess", "encoder", "splice", "prefill", "ttft", "decode_per_token")
 
 RUNTIMES: dict[str, str] = {
@@ -41,22 +46,61 @@ class Timings:
         return {stage: getattr(self, stage) for stage in STAGES}
 
 
-@dataclasses.dataclass(frozen=True)
 class LanguageModel:
-    """What every runtime is built from.
+    """What every runtime is built from: the torch model, loaded only when a runtime asks for it.
 
-    Attributes:
+    A runtime that runs an export of the model (ONNX Runtime, llama.cpp) finds it cached by ``key`` and never asks,
+    so a device that holds the export needs neither the checkpoint's weights in memory nor the time to load them.
+
+    Args:
         model: a transformers causal LM (``get_input_embeddings()``, ``lm_head``), eval mode, placed where
-            :meth:`LLMRuntime.model_placement` asked (float32 on CPU unless a runtime asks otherwise).
+            :meth:`LLMRuntime.model_placement` asked (float32 on CPU unless a runtime asks otherwise); or ``None``
+            with ``loader``, which makes it on first use.
         key: identifies the weights (checkpoint hash, or the default's seed/shape), for caches of exports.
         cache_dir: where a runtime may cache what it derives from ``model`` (beside the encoder artifact).
         eos_token_id: greedy decoding stops after emitting it (``None``: never stops early).
+        config: the model's text config (its ``config`` when not given): what is known without the weights.
+        loader: makes the model when ``model`` is ``None``.
     """
 
-    model: Any
-    key: str
-    cache_dir: Path
-    eos_token_id: int | None
+    def __init__(
+        self, model: Any, key: str, cache_dir: Path, eos_token_id: int | None, *, config: Any = None,
+        loader: Callable[[], Any] | None = None,
+    ) -> None:  # fmt: skip
+        if model is None and (config is None or loader is None):
+            raise ValueError("LanguageModel needs a model, or its config and a loader")
+        self._model, self._loader = model, loader
+        self.config = config if config is not None else model.config
+        self.key, self.cache_dir, self.eos_token_id = key, Path(cache_dir), eos_token_id
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    @property
+    def model(self) -> Any:
+        """The torch model, loaded now if it was not yet."""
+        if self._model is None:
+            assert self._loader is not None
+            self._model = self._loader()
+        return self._model
+
+    def embedding_table(self, directory: Path) -> np.ndarray:
+        """The token-embedding matrix (vocab, D) as float32, kept as ``embed_tokens.npy`` in ``directory`` (an
+        export's cache folder) and memory-mapped from there, so runtimes of exports need not load the model."""
+        import numpy as np
+
+        path = Path(directory) / EMBEDDINGS
+        if not path.is_file():
+            table = self.model.get_input_embeddings().weight.detach().float().cpu().numpy()
+            handle, temp = tempfile.mkstemp(prefix=f".{EMBEDDINGS}.", suffix=".npy", dir=directory)
+            os.close(handle)
+            try:
+                np.save(temp, table)
+                os.replace(temp, path)
+            finally:
+                Path(temp).unlink(missing_ok=True)
+        return np.load(path, mmap_mode="r")
 
 
 @dataclasses.dataclass
@@ -79,7 +123,7 @@ class LLMRuntime(abc.ABC):
         self.lm = lm
         self.device = device
         self.dtype = dtype
-        config = lm.model.config
+        config = lm.config
         self.embed_dim: int = int(config.hidden_size)
         self.vocab_size: int = int(config.vocab_size)
         self.eos_token_id: int | None = lm.eos_token_id

@@ -20,6 +20,7 @@ from typing import Any
 
 from hiprune.artifacts import staged_output
 from hiprune.errors import ExportError
+from hiprune.runtime.llm.base import LanguageModel
 
 EXPORT_FORMAT = "hiprune-llm-gguf/1"
 MODEL = "model.gguf"
@@ -35,15 +36,15 @@ def cache_path(cache_dir: Path, key: str, precision: str) -> Path:
     return Path(cache_dir) / f"llm-gguf-{precision}-{digest}"
 
 
-def exported_gguf(model: Any, key: str, cache_dir: Path, precision: str) -> Path:
-    """The cached GGUF of ``model`` (a transformers causal LM), written first when absent."""
+def exported_gguf(lm: LanguageModel, precision: str) -> Path:
+    """The cached GGUF of ``lm``, written first when absent (only then is the torch model loaded)."""
     if precision not in PRECISIONS:
         raise ExportError(f"llama.cpp precision {precision!r} is unknown; choose one of {', '.join(PRECISIONS)}")
-    arch = check_convertible(model.config)
-    directory = cache_path(cache_dir, key, precision)
+    arch = check_convertible(lm.config)
+    directory = cache_path(lm.cache_dir, lm.key, precision)
     if not (directory / MODEL).is_file():
         with staged_output(directory, force=True) as stage:
-            write_gguf(model, stage / MODEL, arch, precision, key)
+            write_gguf(lm.model, stage / MODEL, arch, precision, lm.key)
     return directory / MODEL
 
 

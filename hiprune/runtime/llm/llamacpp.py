@@ -76,17 +76,17 @@ class LlamaCppLLM(LLMRuntime):
         self.dtype = dtype or "float16"
         if device not in ("cpu", "cuda"):
             raise ConfigError(f"--device {device!r} is unknown; choose cpu or cuda")
-        self.check_usable(lm.model.config)
+        self.check_usable(lm.config)
         self._c = _binding()
         if device == "cuda" and not self._c.llama_supports_gpu_offload():
             raise BackendUnavailableError(
                 "--device cuda: this llama-cpp-python was built without a GPU backend; reinstall it with "
                 "CMAKE_ARGS='-DGGML_CUDA=on' pip install --force-reinstall --no-cache-dir llama-cpp-python"
             )
-        self.path = exported_gguf(lm.model, lm.key, lm.cache_dir, self.dtype)
-        self._table = lm.model.get_input_embeddings().weight.detach().float().cpu().numpy()
+        self.path = exported_gguf(lm, self.dtype)
+        self._table = lm.embedding_table(self.path.parent)
         self.threads = threads or torch.get_num_threads()  # the transformers runtime's count: comparable timings
-        self._open(context or context_for(lm.model.config), self.threads)
+        self._open(context or context_for(lm.config), self.threads)
 
     @classmethod
     def check_usable(cls, text_config: Any | None) -> None:

@@ -31,6 +31,9 @@ def load_language_model(
 ) -> tuple[LanguageModel, TextSide]:
     """The causal LM (``layers`` first decoder layers, all when ``None``) on ``device`` in ``dtype``, and its text side.
 
+    The weights load when a runtime first asks for :attr:`LanguageModel.model` (a runtime whose export is cached
+    never does); the config, key, tokenizer and end-of-sequence id are read now.
+
     Args:
         checkpoint: a LLaVA-style checkpoint directory, or ``None`` for the built-in default.
         artifact_dir: the encoder artifact; runtime caches go beside it.
@@ -90,12 +93,16 @@ def _default_model(layers: int | None, device: str, dtype: Any, cache_dir: Path)
 
     depth = _check_layers(layers, default_text_config().num_hidden_layers)
     config = default_text_config(depth)
-    with torch.random.fork_rng(devices=[]), torch.device(device):
-        torch.manual_seed(DEFAULT_LLM_SEED)
-        model = LlamaForCausalLM._from_config(config, dtype=dtype, attn_implementation="sdpa").eval()
+
+    def load() -> Any:
+        with torch.random.fork_rng(devices=[]), torch.device(device):
+            torch.manual_seed(DEFAULT_LLM_SEED)
+            return LlamaForCausalLM._from_config(config, dtype=dtype, attn_implementation="sdpa").eval()
+
     key = f"default-llava15-7b-seed{DEFAULT_LLM_SEED}-layers{depth}"
     tokenizer = build_char_tokenizer(DEFAULT_VOCAB, DEFAULT_IMAGE_TOKEN_ID)
-    return LanguageModel(model, key, cache_dir, config.eos_token_id), TextSide(tokenizer, DEFAULT_IMAGE_TOKEN_ID, None)
+    lm = LanguageModel(None, key, cache_dir, config.eos_token_id, config=config, loader=load)
+    return lm, TextSide(tokenizer, DEFAULT_IMAGE_TOKEN_ID, None)
 
 
 def _checkpoint_model(
@@ -112,15 +119,18 @@ def _checkpoint_model(
     depth = _check_layers(layers, config.text_config.num_hidden_layers)
     config = AutoConfig.from_pretrained(checkpoint.path, local_files_only=True)
     config.text_config.num_hidden_layers = depth
-    with quiet("transformers"):
-        vlm = AutoModelForImageTextToText.from_pretrained(
-            checkpoint.path, config=config, dtype=dtype, attn_implementation="sdpa", local_files_only=True
-        )
-    model = _causal_lm(vlm, config.text_config).to(device).eval()
+
+    def load() -> Any:
+        with quiet("transformers"):
+            vlm = AutoModelForImageTextToText.from_pretrained(
+                checkpoint.path, config=config, dtype=dtype, attn_implementation="sdpa", local_files_only=True
+            )
+        return _causal_lm(vlm, config.text_config).to(device).eval()
+
     text = _text_side(checkpoint.path, config.image_token_id)
     eos = text.tokenizer.eos_token_id if text.tokenizer.eos_token_id is not None else config.text_config.eos_token_id
     key = f"{digest or checkpoint_digest(checkpoint.path)}-layers{depth}"
-    return LanguageModel(model, key, cache_dir, eos), text
+    return LanguageModel(None, key, cache_dir, eos, config=config.text_config, loader=load), text
 
 
 def _causal_lm(vlm: Any, text_config: Any) -> Any:

@@ -52,9 +52,9 @@ class OrtLLM(LLMRuntime):
         self.dtype = dtype or ("float16" if device.startswith("cuda") else "float32")
         if self.dtype not in _NP_DTYPES:
             raise ConfigError(f"onnxruntime LLM precision {self.dtype!r} is unknown; choose float32 or float16")
-        self.spec: DecoderSpec = exported_decoder(lm.model, lm.key, lm.cache_dir, self.dtype)
+        self.spec: DecoderSpec = exported_decoder(lm, self.dtype)
         self._np_dtype = _NP_DTYPES[self.dtype]
-        self._table = lm.model.get_input_embeddings().weight.detach().float().cpu().numpy()
+        self._table = lm.embedding_table(self.spec.path.parent)
         self.session = open_session(self.spec.path, providers)
         self._ort_device = "cuda" if device.startswith("cuda") else "cpu"
         self._device_id = int(device.partition(":")[2] or 0) if self._ort_device == "cuda" else 0

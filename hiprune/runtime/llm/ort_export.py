@@ -22,6 +22,7 @@ from typing import Any
 from hiprune.artifacts import staged_output
 from hiprune.errors import ExportError, one_line
 from hiprune.quiet import quiet
+from hiprune.runtime.llm.base import LanguageModel
 from hiprune.runtime.llm.hf import cache_kwarg, returned_cache
 
 EXPORT_FORMAT = "hiprune-llm-onnx/1"
@@ -62,12 +63,12 @@ def cache_path(cache_dir: Path, key: str, dtype: str) -> Path:
     return Path(cache_dir) / f"llm-onnx-{dtype}-{digest}"
 
 
-def exported_decoder(model: Any, key: str, cache_dir: Path, dtype: str = "float32") -> DecoderSpec:
-    """The cached ONNX decoder of ``model`` (a transformers causal LM), exporting it first when absent."""
-    directory = cache_path(cache_dir, key, dtype)
+def exported_decoder(lm: LanguageModel, dtype: str = "float32") -> DecoderSpec:
+    """The cached ONNX decoder of ``lm``, exporting it first when absent (only then is the torch model loaded)."""
+    directory = cache_path(lm.cache_dir, lm.key, dtype)
     if not (directory / META).is_file():
         with staged_output(directory, force=True) as stage:
-            export_decoder(model, stage, dtype, key)
+            export_decoder(lm.model, stage, dtype, lm.key)
     return DecoderSpec.read(directory)
 
 
