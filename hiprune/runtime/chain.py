@@ -98,9 +98,14 @@ class Chain:
             lm, self.text = load_language_model(checkpoint, self.artifact_dir, llm_layers, placement, dtype, digest)
             self.runtime = runtime_cls(lm, device, **(runtime_options or {}))
         self.checkpoint = checkpoint
-        self._check_width()
-        self.runner = open_runner(verified, device, encoder)
-        self.runner.__enter__()
+        try:
+            self._check_width()
+            self.runner = open_runner(verified, device, encoder)
+            self.runner.__enter__()
+        except BaseException:
+            if self._owns_runtime:
+                self.runtime.close()
+            raise
         self.pixel_device: str | None = None  # where pixel values are made: None = host (numpy)
         self.pixel_processor = self.processor
         self.preprocess_note: str | None = None

@@ -211,8 +211,20 @@ def test_a_sliding_window_inside_the_context_is_refused():
     runtime = get_llm_runtime("llama.cpp")
     with pytest.raises(ConfigError, match=r"attends within a 8-token sliding window, which the llama.cpp runtime"):
         runtime.check_usable(MistralConfig(sliding_window=8))
-    if HAS_LLAMA_CPP:  # a window as long as the context (Mistral-7B's 4096) changes nothing there
+    with pytest.raises(ConfigError, match="a 512-token sliding window"):
+        runtime.check_usable(MistralConfig(sliding_window=512, max_position_embeddings=1024))
+    if HAS_LLAMA_CPP:  # a window as long as the context (Mistral-7B's 4096, or all positions) changes nothing
         runtime.check_usable(MistralConfig(sliding_window=4096))
+        runtime.check_usable(MistralConfig(sliding_window=512, max_position_embeddings=512))
+
+
+def test_the_context_is_the_models_positions_up_to_4096():
+    from transformers import LlamaConfig
+
+    from hiprune.runtime.llm.llamacpp import context_for
+
+    assert context_for(LlamaConfig(max_position_embeddings=1024)) == 1024
+    assert context_for(LlamaConfig(max_position_embeddings=32768)) == 4096
 
 
 def test_export_is_cached_by_key_and_precision(tiny_lm, lm):
@@ -280,6 +292,16 @@ class TestLlamaCpp:
         assert torch.equal(again.embed(ids), lm.model.get_input_embeddings()(ids).detach())
         assert not unloadable.loaded
         again.close()
+
+    def test_the_context_bounds_the_prompt_and_the_decode(self, lm):
+        small = get_llm_runtime("llama.cpp")(lm, dtype="float32", context=16)
+        with pytest.raises(ConfigError, match="the prompt has 16 tokens; the llama.cpp context holds 16"):
+            small.prefill(_embeds(16, seed=1))
+        tokens = small.decode(small.prefill(_embeds(10, seed=1)), 12)
+        assert len(tokens) == 7 and small.note == "decoding stopped at 7 tokens: the llama.cpp context (16) is full"
+        small.close()
+        with pytest.raises(ConfigError, match="runtime is closed"):  # a chain that borrowed it, after its owner
+            small.prefill(_embeds(4, seed=1))
 
     def test_a_second_prefill_starts_from_an_empty_cache(self, llama_cpp_llm):
         first = llama_cpp_llm.decode(llama_cpp_llm.prefill(_embeds(9, seed=4)), 6)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -98,6 +99,35 @@ def test_a_cached_export_runs_without_loading_the_model(ort_llm):
     assert torch.equal(again.prefill(embeds).logits, ort_llm.prefill(embeds).logits)
     assert torch.equal(again.embed(ids), lm.model.get_input_embeddings()(ids).detach())
     assert not unloadable.loaded
+
+
+def test_embedding_tables_are_one_per_key_and_a_damaged_one_is_written_again(tiny_lm, tmp_path):
+    from transformers import LlamaForCausalLM
+
+    other = LlamaForCausalLM(tiny_lm.config).eval()  # other random weights, same shapes
+    first = LanguageModel(None, "first", tmp_path, None, config=tiny_lm.config, loader=lambda: tiny_lm)
+    second = LanguageModel(other, "second", tmp_path, None)
+    expected = tiny_lm.get_input_embeddings().weight.detach().numpy()
+    assert np.array_equal(first.embedding_table(), expected)
+    assert np.array_equal(second.embedding_table(), other.get_input_embeddings().weight.detach().numpy())
+    first.release()
+    assert not first.loaded and np.array_equal(first.embedding_table(), expected)  # from the file: not loaded
+    assert not first.loaded
+    (table,) = [p for p in tmp_path.glob("embed-tokens-*.npy") if np.array_equal(np.load(p), expected)]
+    table.write_bytes(table.read_bytes()[:-100])  # truncated, as by a full disk
+    assert np.array_equal(first.embedding_table(), expected) and first.loaded
+
+
+def test_the_layer_cut_and_the_library_versions_are_in_the_default_key(tmp_path):
+    import transformers
+
+    from hiprune.runtime.llm.loading import load_language_model
+
+    one, _ = load_language_model(None, tmp_path / "artifact", 1, "cpu", "float32")
+    two, _ = load_language_model(None, tmp_path / "artifact", 2, "cpu", "float32")
+    assert one.key != two.key and not one.loaded and not two.loaded  # keys are known without the weights
+    assert torch.__version__ in one.key and transformers.__version__ in one.key
+    assert one.config.num_hidden_layers == 1 and two.config.num_hidden_layers == 2
 
 
 def test_chain_with_onnxruntime_generates_what_transformers_does(tiny_vlm, photo, tmp_path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import hashlib
 import importlib
 import os
 import tempfile
@@ -21,7 +22,6 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-EMBEDDINGS = "embed_tokens.npy"
 STAGES = ("preprocess", "encoder", "splice", "prefill", "ttft", "decode_per_token")
 
 RUNTIMES: dict[str, str] = {
@@ -85,21 +85,35 @@ class LanguageModel:
             self._model = self._loader()
         return self._model
 
-    def embedding_table(self, directory: Path) -> np.ndarray:
-        """The token-embedding matrix (vocab, D) as float32, kept as ``embed_tokens.npy`` in ``directory`` (an
-        export's cache folder) and memory-mapped from there, so runtimes of exports need not load the model."""
+    def release(self) -> None:
+        """Drops the loaded model where the loader can make it again: a runtime that needed it only to write its
+        export keeps the export, not the float32 model beside it."""
+        if self._loader is not None:
+            self._model = None
+
+    def embedding_table(self) -> np.ndarray:
+        """The token-embedding matrix (vocab, D) as float32, memory-mapped from ``cache_dir`` (one file per weights
+        key, shared by every export of them), written from the model when missing or not of that shape."""
         import numpy as np
 
-        path = Path(directory) / EMBEDDINGS
-        if not path.is_file():
-            table = self.model.get_input_embeddings().weight.detach().float().cpu().numpy()
-            handle, temp = tempfile.mkstemp(prefix=f".{EMBEDDINGS}.", suffix=".npy", dir=directory)
-            os.close(handle)
-            try:
-                np.save(temp, table)
-                os.replace(temp, path)
-            finally:
-                Path(temp).unlink(missing_ok=True)
+        path = self.cache_dir / f"embed-tokens-{hashlib.sha256(self.key.encode()).hexdigest()[:16]}.npy"
+        shape = (int(self.config.vocab_size), int(self.config.hidden_size))
+        try:
+            table = np.load(path, mmap_mode="r")
+            if table.shape == shape and table.dtype == np.float32:
+                return table
+        except (OSError, ValueError):  # missing, truncated or not an array: written again below
+            pass
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=self.cache_dir)
+        try:
+            with os.fdopen(handle, "wb") as stream:
+                np.save(stream, self.model.get_input_embeddings().weight.detach().float().cpu().numpy())
+                stream.flush()
+                os.fsync(stream.fileno())
+            os.replace(temp, path)
+        finally:
+            Path(temp).unlink(missing_ok=True)
         return np.load(path, mmap_mode="r")
 
 

@@ -84,7 +84,8 @@ class LlamaCppLLM(LLMRuntime):
                 "CMAKE_ARGS='-DGGML_CUDA=on' pip install --force-reinstall --no-cache-dir llama-cpp-python"
             )
         self.path = exported_gguf(lm, self.dtype)
-        self._table = lm.embedding_table(self.path.parent)
+        self._table = lm.embedding_table()
+        lm.release()  # llama.cpp runs the GGUF; the float32 torch model need not stay in memory
         self.threads = threads or torch.get_num_threads()  # the transformers runtime's count: comparable timings
         self._open(context or context_for(lm.config), self.threads)
 
@@ -139,6 +140,10 @@ class LlamaCppLLM(LLMRuntime):
     def __del__(self) -> None:
         self.close()
 
+    def _require_open(self) -> None:
+        if not getattr(self, "_ctx", None):
+            raise ConfigError("this llama.cpp runtime is closed (the chain that opened it ended); open a new chain")
+
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         import torch
 
@@ -175,6 +180,7 @@ class LlamaCppLLM(LLMRuntime):
     def prefill(self, inputs_embeds: torch.Tensor) -> Prefill:
         import torch
 
+        self._require_open()
         embeds = inputs_embeds.detach().float().cpu().numpy()[0]
         if embeds.shape[0] >= self.context:
             raise ConfigError(
@@ -191,6 +197,7 @@ class LlamaCppLLM(LLMRuntime):
         return Prefill(int(logits.argmax()), torch.from_numpy(logits), self._prefills, embeds.shape[0])
 
     def decode(self, prefill: Prefill, max_new_tokens: int) -> list[int]:
+        self._require_open()
         if prefill.state != self._prefills:
             raise ConfigError("this llama.cpp prefill was replaced by a later one on the same context; prefill again")
         tokens, length = [prefill.first_token], prefill.length

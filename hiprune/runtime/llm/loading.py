@@ -99,7 +99,11 @@ def _default_model(layers: int | None, device: str, dtype: Any, cache_dir: Path)
             torch.manual_seed(DEFAULT_LLM_SEED)
             return LlamaForCausalLM._from_config(config, dtype=dtype, attn_implementation="sdpa").eval()
 
-    key = f"default-llava15-7b-seed{DEFAULT_LLM_SEED}-layers{depth}"
+    import transformers
+
+    # random weights: what makes them is the libraries' initialisation, so their versions are part of the key
+    versions = f"torch{torch.__version__}-transformers{transformers.__version__}"
+    key = f"default-llava15-7b-seed{DEFAULT_LLM_SEED}-layers{depth}-{versions}"
     tokenizer = build_char_tokenizer(DEFAULT_VOCAB, DEFAULT_IMAGE_TOKEN_ID)
     lm = LanguageModel(None, key, cache_dir, config.eos_token_id, config=config, loader=load)
     return lm, TextSide(tokenizer, DEFAULT_IMAGE_TOKEN_ID, None)

@@ -54,7 +54,8 @@ class OrtLLM(LLMRuntime):
             raise ConfigError(f"onnxruntime LLM precision {self.dtype!r} is unknown; choose float32 or float16")
         self.spec: DecoderSpec = exported_decoder(lm, self.dtype)
         self._np_dtype = _NP_DTYPES[self.dtype]
-        self._table = lm.embedding_table(self.spec.path.parent)
+        self._table = lm.embedding_table()
+        lm.release()  # the session runs the export; the float32 torch model need not stay in memory
         self.session = open_session(self.spec.path, providers)
         self._ort_device = "cuda" if device.startswith("cuda") else "cpu"
         self._device_id = int(device.partition(":")[2] or 0) if self._ort_device == "cuda" else 0
