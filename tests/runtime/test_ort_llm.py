@@ -116,6 +116,8 @@ def test_embedding_tables_are_one_per_key_and_a_damaged_one_is_written_again(tin
     (table,) = [p for p in tmp_path.glob("embed-tokens-*.npy") if np.array_equal(np.load(p), expected)]
     table.write_bytes(table.read_bytes()[:-100])  # truncated, as by a full disk
     assert np.array_equal(first.embedding_table(), expected) and first.loaded
+    np.save(table, np.zeros((7, 3), np.float32))  # a readable array of another shape
+    assert np.array_equal(first.embedding_table(), expected)
 
 
 def test_the_layer_cut_and_the_library_versions_are_in_the_default_key(tmp_path):
