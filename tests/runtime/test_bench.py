@@ -72,10 +72,11 @@ def test_second_run_reuses_the_cached_artifacts(bench_run):
 def test_cache_reads_each_manifest_once_and_re_exports_an_artifact_whose_files_changed(
     bench_run, tiny_vlm, tmp_path, monkeypatch
 ):
+    import dataclasses
     import shutil
 
     import hiprune.artifacts
-    from hiprune.bench import BenchRequest, artifact_for
+    from hiprune.bench import BenchRequest, artifact_for, run_bench
 
     out, _, _ = bench_run
     cache = tmp_path / "artifacts"
@@ -91,6 +92,9 @@ def test_cache_reads_each_manifest_once_and_re_exports_an_artifact_whose_files_c
     pruned, reused_pruned = artifact_for(request, 8)
     assert not reused_pruned and pruned.manifest["hiprune"]["keep"] == 8
     hiprune.artifacts.verify_artifact(pruned.directory, full=True)  # rewritten whole
+    reads.clear()
+    run_bench(dataclasses.replace(request, repeats=1, warmup=0, max_new_tokens=1), quiet=True)
+    assert len(reads) == 2  # one per budget: the chains take the checked manifests, they do not read them again
 
 
 def test_onnxruntime_llm_generates_the_same_ids(bench_run, tiny_vlm):
