@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from select_ops import sort_based_select  # noqa: E402  (the previous form, kept verbatim in the CPU bench)
 
 from hiprune.config import HiPruneConfig, anchor_count  # noqa: E402
-from hiprune.errors import one_line  # noqa: E402
+from hiprune.errors import typed_line  # noqa: E402
 from hiprune.export.models import load_encoder  # noqa: E402
 from hiprune.selection import select_static  # noqa: E402
 
@@ -106,13 +106,9 @@ def module_costs(args: argparse.Namespace, dtype: torch.dtype, result: dict) -> 
                 {"pruned": graphed(lambda: pruned(x)), "full": graphed(lambda: full(x))}, runs, device
             )
         except Exception as exc:  # keep the eager numbers and still measure the selection op
-            emit(result, args.json, "module_cuda_graphs", {"module_cuda_graphs_error": _failure(exc)})
+            emit(result, args.json, "module_cuda_graphs", {"module_cuda_graphs_error": typed_line(exc)})
             return
         emit(result, args.json, "module_cuda_graphs", _module_part(ms))
-
-
-def _failure(exc: Exception) -> str:
-    return f"{type(exc).__name__}: {one_line(exc)}"
 
 
 def _module_part(ms: dict[str, dict[str, float]]) -> dict:
@@ -133,7 +129,7 @@ def select_costs(args: argparse.Namespace) -> dict:
         try:
             result["select_ms"]["cuda_graphs"] = interleaved({k: graphed(f) for k, f in forms.items()}, runs, device)
         except Exception as exc:
-            result["select_cuda_graphs_error"] = _failure(exc)
+            result["select_cuda_graphs_error"] = typed_line(exc)
         result["select_kernels"] = {name: kernels(fn) for name, fn in forms.items()}
     return result
 

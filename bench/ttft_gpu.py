@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 from hiprune.bench import BenchRequest, run_bench
-from hiprune.errors import one_line
+from hiprune.errors import typed_line
 
 GOAL_RATIO, AIM_RATIO = 2.0, 2.4
 MIN_FREE_GIB = 24  # the 7B model in fp16 (13.5 GB), its static KV cache, two CLIP-L encoders, graph pools
@@ -147,7 +147,7 @@ def run_configs(args: argparse.Namespace, result: dict) -> None:
         try:
             result[name] = measure(name, args)
         except Exception as exc:  # keep the other configurations' numbers
-            result[name] = {"error": f"{type(exc).__name__}: {one_line(exc)}"}
+            result[name] = {"error": typed_line(exc)}
         emit(result, args.json, f"{name}: {json.dumps(result[name])}")
         for key in ("llm_note", "encoder_note", "preprocess_note"):
             if result[name].get(key):

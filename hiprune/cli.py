@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 import click
 
 from hiprune.config import DEFAULT_ALPHA, NEIGHBOR_MODES, Neighbors
-from hiprune.errors import HiPruneError, one_line
+from hiprune.errors import HiPruneError, one_line, typed_line
 from hiprune.targets import OPTIONS, TARGETS
 
 if TYPE_CHECKING:
@@ -50,9 +50,9 @@ def run_action(action: Callable[[], Any], verbose: bool) -> Any:
     except Exception as exc:
         if verbose:
             raise
-        detail = one_line(exc)
-        detail = detail if detail == type(exc).__name__ else f"{type(exc).__name__}: {detail}"
-        click.echo(f"error: unexpected {detail}; rerun with --verbose for the traceback and report it", err=True)
+        click.echo(
+            f"error: unexpected {typed_line(exc)}; rerun with --verbose for the traceback and report it", err=True
+        )
         sys.exit(1)
 
 

@@ -85,6 +85,12 @@ def one_line(exc: BaseException) -> str:
     return lines[0].strip() if lines and lines[0].strip() else type(exc).__name__
 
 
+def typed_line(exc: BaseException) -> str:
+    """``Type: first line`` of an error no one-line kind describes (just ``Type`` where the message is empty)."""
+    line = one_line(exc)
+    return line if line == type(exc).__name__ else f"{type(exc).__name__}: {line}"
+
+
 def innermost(exc: BaseException) -> BaseException:
     """The root cause of ``exc``: onnx-ir's ``PassError`` wraps a pass's own error once or twice."""
     seen = {id(exc)}
