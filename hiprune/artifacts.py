@@ -227,6 +227,31 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
+def publish(temp: Path, final: Path) -> None:
+    """Moves a finished temp file onto ``final``, flushed to disk and with ordinary permissions (mkstemp makes it
+    owner-only)."""
+    with temp.open("rb") as stream:
+        os.fsync(stream.fileno())
+    umask = os.umask(0)
+    os.umask(umask)
+    temp.chmod(0o666 & ~umask)
+    os.replace(temp, final)
+
+
+@contextlib.contextmanager
+def written_atomically(path: Path) -> Iterator[Path]:
+    """A temp path beside ``path`` (same suffix) to write; it becomes ``path`` when the block ends without error
+    and is removed otherwise, so ``path`` is never seen half-written."""
+    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    os.close(handle)
+    temp = Path(name)
+    try:
+        yield temp
+        publish(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
 def library_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
     for name in VERSIONED_PACKAGES:

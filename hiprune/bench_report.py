@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from hiprune.artifacts import publish
 from hiprune.runtime.llm.base import STAGES as CHAIN_STAGES
 
 REPORT_FORMAT = "hiprune-bench/1"
@@ -170,14 +171,6 @@ def _median(summary: dict[str, float] | None) -> float:
     return 0.0 if summary is None else summary["median"]
 
 
-def _publish(tmp: Path, final: Path) -> None:
-    """Moves a finished temp file into place with ordinary permissions (mkstemp makes it owner-only)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o666 & ~umask)
-    os.replace(tmp, final)
-
-
 def write_report(report: dict[str, Any], out: Path) -> dict[str, Path]:
     """Writes bench.json, bench.md and bench.png into ``out``; each appears whole (temp file, then rename)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -194,7 +187,7 @@ def write_report(report: dict[str, Any], out: Path) -> dict[str, Path]:
             staged[name] = Path(tmp_name)
             write(staged[name])
         for name, path in staged.items():
-            _publish(path, out / name)
+            publish(path, out / name)
     finally:
         for path in staged.values():
             path.unlink(missing_ok=True)

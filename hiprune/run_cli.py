@@ -7,8 +7,6 @@ checked, so ``--help`` and bad input answer at once.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -170,15 +168,10 @@ def _context(chain: Chain) -> dict[str, Any]:
 
 def _write_json(path: Path, body: dict[str, Any]) -> None:
     """Written beside ``path`` and renamed into place: never half-written."""
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(body, stream, indent=2)
-            stream.write("\n")
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    from hiprune.artifacts import written_atomically
+
+    with written_atomically(path) as temp:
+        temp.write_text(json.dumps(body, indent=2) + "\n")
 
 
 def _print_result(console: Console, result: ChainResult, chain: Chain, warmup: int) -> None:

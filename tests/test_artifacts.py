@@ -259,3 +259,22 @@ def test_runners_verify_the_artifact_first(artifact, tmp_path):
         handle.truncate(100)
     with pytest.raises(ArtifactError, match=r"model.onnx.data is truncated: 100 of \d+ bytes"):
         open_runner(copy)
+
+
+def test_written_atomically_appears_whole_with_ordinary_permissions_or_not_at_all(tmp_path):
+    import os
+
+    from hiprune.artifacts import written_atomically
+
+    target = tmp_path / "table.npy"
+    with pytest.raises(RuntimeError), written_atomically(target) as temp:
+        temp.write_bytes(b"half")
+        assert temp.parent == tmp_path and temp.suffix == ".npy" and not target.exists()
+        raise RuntimeError("interrupted")
+    assert list(tmp_path.iterdir()) == []  # neither the file nor its temp
+    with written_atomically(target) as temp:
+        temp.write_bytes(b"whole")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.read_bytes() == b"whole" and list(tmp_path.iterdir()) == [target]
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's owner-only 0o600

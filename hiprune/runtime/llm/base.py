@@ -10,8 +10,6 @@ import abc
 import dataclasses
 import hashlib
 import importlib
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -104,16 +102,11 @@ class LanguageModel:
                 return table
         except (OSError, ValueError):  # missing, truncated or not an array: written again below
             pass
+        from hiprune.artifacts import written_atomically
+
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=self.cache_dir)
-        try:
-            with os.fdopen(handle, "wb") as stream:
-                np.save(stream, self.model.get_input_embeddings().weight.detach().float().cpu().numpy())
-                stream.flush()
-                os.fsync(stream.fileno())
-            os.replace(temp, path)
-        finally:
-            Path(temp).unlink(missing_ok=True)
+        with written_atomically(path) as temp:
+            np.save(temp, self.model.get_input_embeddings().weight.detach().float().cpu().numpy())
         return np.load(path, mmap_mode="r")
 
 
