@@ -73,12 +73,11 @@ class BenchRequest:
 
     def validate(self) -> None:
         """Every setting checked before anything is exported or loaded."""
-        from hiprune.runtime.llm.base import check_max_new_tokens, check_precision, get_llm_runtime
+        from hiprune.runtime.llm.base import check_llm_runtime, check_max_new_tokens
         from hiprune.targets import get_target
 
         get_target(self.target)(self.target_options)
-        check_precision(self.llm_runtime, self.runtime_options.get("dtype"))
-        get_llm_runtime(self.llm_runtime).check_usable(None)  # an uninstalled runtime, before any export
+        check_llm_runtime(self.llm_runtime, self.runtime_options.get("dtype"))
         if not self.keep:
             raise ConfigError("--keep is empty; pass budgets such as full,64")
         for name, value, low in (("--repeats", self.repeats, 1), ("--warmup", self.warmup, 0)):
@@ -285,7 +284,7 @@ def _report(request: BenchRequest, chain: Any, budgets: list[dict]) -> dict[str,
             "encoder": chain.runner.name,
             "llm": runtime.name,
             "llm_options": dict(request.runtime_options),
-            "llm_note": getattr(runtime, "note", None),
+            "llm_note": runtime.note,
             "encoder_note": chain.runner.note,
             "preprocess": chain.preprocess_backend,
             "preprocess_note": chain.preprocess_note,

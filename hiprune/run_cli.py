@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from hiprune.errors import ConfigError
-from hiprune.runtime.llm.base import RUNTIMES, STAGES, check_max_new_tokens, check_precision, get_llm_runtime
+from hiprune.runtime.llm.base import RUNTIMES, STAGES, check_llm_runtime, check_max_new_tokens
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -103,8 +103,7 @@ def main(
 def _execute(err: Console, args: dict[str, Any]) -> tuple[ChainResult, Chain]:
     """Checks the cheap things first (tokens, JSON path, image), then loads the chain and runs it."""
     check_max_new_tokens(args["max_new_tokens"])
-    check_precision(args["llm_runtime"], args["llm_precision"])
-    get_llm_runtime(args["llm_runtime"]).check_usable(None)  # an uninstalled runtime, before anything loads
+    check_llm_runtime(args["llm_runtime"], args["llm_precision"])
     if args["warmup"] < 0:
         raise ConfigError(f"--warmup {args['warmup']} must be 0 or more")
     json_path = args["json_path"]

@@ -16,8 +16,8 @@ from hiprune.artifacts import Verified
 from hiprune.contract import IMAGE_EMBEDS, IOContract
 from hiprune.errors import CheckpointError, ConfigError, one_line
 from hiprune.runtime.encoders import checkpoint_of, open_runner, require_device, verified_artifact
-from hiprune.runtime.llm.base import LLMRuntime, Timings, check_max_new_tokens, check_precision, get_llm_runtime
-from hiprune.runtime.llm.loading import TextSide, checkpoint_digest, load_language_model, text_config
+from hiprune.runtime.llm.base import LLMRuntime, Timings, check_max_new_tokens, get_llm_runtime
+from hiprune.runtime.llm.loading import TextSide, checkpoint_digest, load_language_model
 from hiprune.runtime.preprocess import disagreement, load_image_processor, on_device, preprocess, texture_probe
 
 FALLBACK_TEMPLATE = "USER: {image}\n{prompt} ASSISTANT:"  # LLaVA-1.5's conversation format
@@ -53,7 +53,9 @@ class Chain:
         llm: the checkpoint whose language model to use; default: the one the artifact was exported from.
         llm_layers: keep only the first N decoder layers (quick CPU runs of large models).
         encoder: ``auto`` (the artifact's own runtime) or ``torch`` (the same encoder rebuilt in PyTorch).
-        runtime_options: keyword arguments for the LLM runtime's constructor (``dtype``: ``--llm-precision``).
+        runtime_options: keyword arguments for the LLM runtime's constructor (``dtype``: ``--llm-precision``). The
+            runtime checks them, and what it cannot run, before the language model's weights load (they load
+            only when a runtime asks for them).
         reuse_llm_from: another chain over the same language model (same checkpoint, runtime and device) whose
             loaded runtime and tokenizer this one shares instead of loading its own (budget sweeps).
     """
@@ -74,7 +76,6 @@ class Chain:
     ) -> None:
         require_device(device)
         runtime_cls = get_llm_runtime(llm_runtime)
-        check_precision(llm_runtime, (runtime_options or {}).get("dtype"))
         verified = verified_artifact(artifact_dir)
         self.artifact_dir, self.manifest = verified.directory, verified.manifest
         self.device = device
@@ -93,7 +94,6 @@ class Chain:
         if reuse_llm_from is not None:
             self.runtime, self.text = self._reuse(reuse_llm_from, checkpoint, runtime_cls)
         else:
-            runtime_cls.check_usable(text_config(checkpoint))  # before the weights load
             placement, dtype = runtime_cls.model_placement(device)
             lm, self.text = load_language_model(checkpoint, self.artifact_dir, llm_layers, placement, dtype, digest)
             self.runtime = runtime_cls(lm, device, **(runtime_options or {}))

@@ -90,6 +90,15 @@ def test_export_is_cached_by_key(tiny_lm, ort_llm):
     assert directory.name in [p.name for p in ort_llm.lm.cache_dir.iterdir()]
 
 
+def test_a_precision_the_runtime_does_not_run_is_refused_before_the_export(tiny_lm, tmp_path):
+    from hiprune.errors import ConfigError
+
+    lm = LanguageModel(tiny_lm, "tiny", tmp_path, None)
+    with pytest.raises(ConfigError, match="--llm-precision q8_0 is not one the onnxruntime runtime runs; choose one"):
+        get_llm_runtime("onnxruntime")(lm, dtype="q8_0")
+    assert not list(tmp_path.iterdir())
+
+
 def test_a_cached_export_runs_without_loading_the_model(ort_llm):
     lm = ort_llm.lm
     fail = lambda: pytest.fail("the torch model was loaded")  # noqa: E731

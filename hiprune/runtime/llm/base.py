@@ -127,6 +127,7 @@ class LLMRuntime(abc.ABC):
     precisions: ClassVar[tuple[str, ...]] = ("float32", "float16")  # what ``dtype`` (--llm-precision) may be
 
     def __init__(self, lm: LanguageModel, device: str = "cpu", dtype: str | None = None) -> None:
+        self.check_precision(dtype)
         self.lm = lm
         self.device = device
         self.dtype = dtype
@@ -144,6 +145,15 @@ class LLMRuntime(abc.ABC):
         (ONNX Runtime) may ask for ``("cpu", "float32")`` instead.
         """
         return (device, "float16" if device == "cuda" else "float32")
+
+    @classmethod
+    def check_precision(cls, precision: str | None) -> None:
+        """The one check of ``--llm-precision`` (``dtype``) against :attr:`precisions` (``None``: the default)."""
+        if precision is not None and precision not in cls.precisions:
+            raise ConfigError(
+                f"--llm-precision {precision} is not one the {cls.name} runtime runs; "
+                f"choose one of {', '.join(cls.precisions)}"
+            )
 
     @classmethod
     def check_usable(cls, text_config: Any | None) -> None:
@@ -189,13 +199,13 @@ def check_max_new_tokens(max_new_tokens: int) -> None:
         raise ConfigError(f"--max-new-tokens {max_new_tokens} must be at least 1; pass how many tokens to generate")
 
 
-def check_precision(runtime: str, precision: str | None) -> None:
-    """The one check of ``--llm-precision`` against what runtime ``runtime`` runs (``None``: its default)."""
-    allowed = get_llm_runtime(runtime).precisions
-    if precision is not None and precision not in allowed:
-        raise ConfigError(
-            f"--llm-precision {precision} is not one the {runtime} runtime runs; choose one of {', '.join(allowed)}"
-        )
+def check_llm_runtime(runtime: str, precision: str | None) -> None:
+    """``--llm-runtime`` and ``--llm-precision`` as ``hiprune-run`` and ``hiprune-bench`` check them before anything
+    loads: a registered runtime, a precision it runs, its library installed. (Constructing the runtime checks the
+    precision again, and the model it is given.)"""
+    cls = get_llm_runtime(runtime)
+    cls.check_precision(precision)
+    cls.check_usable(None)
 
 
 def get_llm_runtime(name: str) -> type[LLMRuntime]:

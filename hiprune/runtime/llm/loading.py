@@ -51,19 +51,6 @@ def load_language_model(
     return _checkpoint_model(Path(checkpoint), layers, device, torch_dtype, cache_dir, digest)
 
 
-def text_config(checkpoint: str | None) -> Any:
-    """The language model's config alone (no weights): the checkpoint's ``text_config``, or the default's."""
-    if checkpoint is None:
-        from hiprune.runtime.defaults import default_text_config
-
-        return default_text_config()
-    from transformers import AutoConfig
-
-    from hiprune.export.loading import resolve_checkpoint
-
-    return AutoConfig.from_pretrained(resolve_checkpoint(checkpoint).path, local_files_only=True).text_config
-
-
 def language_model_record(checkpoint: str | None) -> dict[str, Any]:
     """What an artifact's manifest says about its language model: the weights digest ``--llm`` is checked against."""
     if checkpoint is None:
