@@ -17,27 +17,61 @@ from hiprune.contract import PIXEL_VALUES
 from hiprune.errors import CheckpointError, ConfigError, one_line
 
 PROCESSOR_CONFIG = "preprocessor_config.json"
+# transformers 5's processors (LlavaProcessor.save_pretrained, ...) write one file with the image processor's settings
+# nested under "image_processor" and no PROCESSOR_CONFIG; AutoImageProcessor reads either layout.
+NESTED_PROCESSOR_CONFIG = "processor_config.json"
+
+
+def image_processor_settings(directory: Path) -> dict[str, Any] | None:
+    """The image processor's settings saved in ``directory``: ``preprocessor_config.json``, else the
+    ``image_processor`` entry of a processor's ``processor_config.json``; ``None`` where neither is there.
+
+    Raises:
+        CheckpointError: a file is there but is not JSON, or names no image processor settings.
+    """
+    for name, nested in ((PROCESSOR_CONFIG, False), (NESTED_PROCESSOR_CONFIG, True)):
+        path = Path(directory) / name
+        if not path.is_file():
+            continue
+        try:
+            settings = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"{path} cannot be read ({one_line(exc)}); save the processor again") from None
+        if nested:
+            settings = settings.get("image_processor") if isinstance(settings, dict) else None
+            if settings is None:
+                continue
+        if not isinstance(settings, dict):
+            raise CheckpointError(f"{path} holds no image processor settings; save the processor again")
+        return settings
+    return None
 
 
 def load_image_processor(artifact_dir: Path, checkpoint: str | None) -> Any:
-    """The image processor for an artifact: its own saved config, the checkpoint's, or the default's."""
+    """The image processor for an artifact: its own saved config, the checkpoint's (either layout, see
+    :func:`image_processor_settings`), or the built-in default's."""
     for directory in (Path(artifact_dir), None if checkpoint is None else Path(checkpoint)):
-        if directory is not None and (directory / PROCESSOR_CONFIG).is_file():
+        if directory is None:
+            continue
+        settings = image_processor_settings(directory)
+        if settings is not None:
             try:
-                return _processor_from(directory)
+                return _processor_from(directory, settings)
             except Exception as exc:
-                raise CheckpointError(f"{directory / PROCESSOR_CONFIG} cannot be read ({one_line(exc)})") from None
+                raise CheckpointError(
+                    f"the image processor in {directory} cannot be loaded ({one_line(exc)})"
+                ) from None
     if checkpoint is None:
         from hiprune.runtime.defaults import default_image_processor
 
         return default_image_processor()
     raise CheckpointError(
-        f"no {PROCESSOR_CONFIG} in artifact {artifact_dir} or checkpoint {checkpoint}; "
-        "save the checkpoint's image processor there (AutoImageProcessor.save_pretrained)"
+        f"no {PROCESSOR_CONFIG} or {NESTED_PROCESSOR_CONFIG} in artifact {artifact_dir} or checkpoint {checkpoint}; "
+        "save the checkpoint's processor there (AutoProcessor or AutoImageProcessor .save_pretrained)"
     )
 
 
-def _processor_from(directory: Path) -> Any:
+def _processor_from(directory: Path, settings: dict[str, Any]) -> Any:
     """``AutoImageProcessor`` from a directory; where that needs a missing torchvision (transformers 5.1x), the
     named processor's PIL class, so preprocessing works with the declared dependencies alone."""
     import transformers
@@ -45,17 +79,18 @@ def _processor_from(directory: Path) -> Any:
     try:
         return transformers.AutoImageProcessor.from_pretrained(str(directory), local_files_only=True)
     except ImportError:
-        name = json.loads((directory / PROCESSOR_CONFIG).read_text()).get("image_processor_type") or ""
+        name = settings.get("image_processor_type") or ""
         pil = getattr(transformers, name.removesuffix("Fast").removesuffix("Pil") + "Pil", None) if name else None
         if pil is None:
             raise
-        return pil.from_pretrained(str(directory), local_files_only=True)
+        return pil.from_dict(settings)
 
 
 def write_image_processor(checkpoint: str | None, directory: Path) -> str | None:
-    """Puts the image processor's config into an artifact directory, so a device preprocesses without the checkpoint.
+    """Puts the image processor's settings into an artifact directory as ``preprocessor_config.json``, so a device
+    preprocesses without the checkpoint; a checkpoint saved in the nested layout gets its nested settings written.
 
-    Returns the file name written, or ``None`` when the checkpoint has no ``preprocessor_config.json``.
+    Returns the file name written, or ``None`` when the checkpoint has no image processor settings.
     """
     target = Path(directory) / PROCESSOR_CONFIG
     if checkpoint is None:
@@ -64,9 +99,13 @@ def write_image_processor(checkpoint: str | None, directory: Path) -> str | None
         default_image_processor().to_json_file(target)
         return PROCESSOR_CONFIG
     source = Path(checkpoint) / PROCESSOR_CONFIG
-    if not source.is_file():
+    if source.is_file():
+        shutil.copyfile(source, target)
+        return PROCESSOR_CONFIG
+    settings = image_processor_settings(Path(checkpoint))
+    if settings is None:
         return None
-    shutil.copyfile(source, target)
+    target.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
     return PROCESSOR_CONFIG
 
 

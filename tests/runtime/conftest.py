@@ -13,8 +13,14 @@ TINY_VOCAB = 128
 TINY_IMAGE_TOKEN_ID = TINY_VOCAB - 1
 
 
-def add_text_side(directory: Path) -> Path:
-    """Adds a character-level tokenizer (``<image>`` = config.image_token_id) and a CLIP processor to a checkpoint."""
+def add_text_side(directory: Path, layout: str = "image-processor") -> Path:
+    """Adds a character-level tokenizer (``<image>`` = config.image_token_id) and a CLIP processor to a checkpoint.
+
+    Args:
+        layout: ``"image-processor"``: tokenizer and image processor saved one by one (``preprocessor_config.json``).
+            ``"processor"``: one ``LlavaProcessor.save_pretrained``, as transformers 5 saves a fine-tuned checkpoint
+            (``processor_config.json`` with the image processor nested inside, no ``preprocessor_config.json``).
+    """
     from transformers import AutoConfig
 
     from hiprune.runtime.defaults import build_char_tokenizer, clip_image_processor_class
@@ -23,25 +29,45 @@ def add_text_side(directory: Path) -> Path:
     config.image_token_id = TINY_IMAGE_TOKEN_ID
     config.text_config.eos_token_id = 2
     config.save_pretrained(directory)
-    build_char_tokenizer(TINY_VOCAB, TINY_IMAGE_TOKEN_ID).save_pretrained(directory)
+    tokenizer = build_char_tokenizer(TINY_VOCAB, TINY_IMAGE_TOKEN_ID)
     size = config.vision_config.image_size
     processor = clip_image_processor_class()(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+    if layout == "processor":
+        from transformers import LlavaProcessor
+
+        patch = config.vision_config.patch_size
+        llava = LlavaProcessor(
+            processor,
+            tokenizer,
+            patch_size=patch,
+            vision_feature_select_strategy="default",
+            num_additional_image_tokens=1,
+        )
+        llava.save_pretrained(directory)
+        assert not (directory / "preprocessor_config.json").exists()
+        return directory
+    tokenizer.save_pretrained(directory)
     processor.save_pretrained(directory)
     return directory
 
 
 @functools.cache
-def _with_text_side(source: Path, root: str) -> Path:
-    target = Path(root) / source.name
+def _with_text_side(source: Path, root: str, layout: str) -> Path:
+    target = Path(root) / f"{source.name}-{layout}"
     shutil.copytree(source, target)
-    return add_text_side(target)
+    return add_text_side(target, layout)
 
 
 @pytest.fixture(scope="session")
 def tiny_vlm(tmp_path_factory, tiny_checkpoint):
-    """``tiny_vlm(seed=1, image_size=40)`` → a saved tiny LLaVA with tokenizer and image processor."""
+    """``tiny_vlm(seed=1, image_size=40, layout="image-processor")`` → a saved tiny LLaVA with tokenizer and image
+    processor (``layout``: see :func:`add_text_side`)."""
     root = str(tmp_path_factory.mktemp("vlms"))
-    return lambda **kwargs: _with_text_side(tiny_checkpoint(**kwargs), root)
+
+    def make(layout: str = "image-processor", **kwargs):
+        return _with_text_side(tiny_checkpoint(**kwargs), root, layout)
+
+    return make
 
 
 def make_photo(size: int = 64, seed: int = 0) -> np.ndarray:

@@ -50,16 +50,26 @@ def _chain_ids_and_logits(chain: Chain, image):
     return chain.runtime.decode(prefill, NEW_TOKENS), logits
 
 
-@pytest.fixture(scope="module")
-def full_artifact(tiny_vlm, tmp_path_factory):
-    path = tiny_vlm(image_size=48)
+@pytest.fixture(scope="module", params=["image-processor", "processor"])
+def full_artifact(request, tiny_vlm, tmp_path_factory):
+    """A --no-prune artifact of a checkpoint saved with its image processor alone (``preprocessor_config.json``) or
+    with transformers 5's ``LlavaProcessor`` (``processor_config.json``, the image processor nested inside)."""
+    path = tiny_vlm(image_size=48, layout=request.param)
     out = tmp_path_factory.mktemp("full") / "a"
     export(ExportRequest(hiprune=HiPruneConfig(prune=False), model=str(path), output=out))
     return path, out
 
 
+def _saved_image_processor_settings(path) -> dict:
+    """The image processor's settings as the checkpoint holds them, read here without the project's code."""
+    if (path / "preprocessor_config.json").is_file():
+        return json.loads((path / "preprocessor_config.json").read_text())
+    return json.loads((path / "processor_config.json").read_text())["image_processor"]
+
+
 def test_full_artifact_matches_llava_generate(full_artifact, photo_file, reference_model):
-    """--no-prune artifact + transformers runtime = LlavaForConditionalGeneration.generate on the same image."""
+    """--no-prune artifact + transformers runtime = LlavaForConditionalGeneration.generate on the same image, for
+    either way of saving the checkpoint's processor."""
     from transformers import LlavaProcessor
 
     path, artifact = full_artifact
@@ -81,7 +91,7 @@ def test_full_artifact_matches_llava_generate(full_artifact, photo_file, referen
     assert all(value is not None and value >= 0 for value in result.timings.as_dict().values())
     manifest = json.loads((artifact / "manifest.json").read_text())
     assert manifest["preprocessing"] == {"image_processor": "preprocessor_config.json", "image_seq_length": 36}
-    assert (artifact / "preprocessor_config.json").read_text() == (path / "preprocessor_config.json").read_text()
+    assert json.loads((artifact / "preprocessor_config.json").read_text()) == _saved_image_processor_settings(path)
     assert manifest["language_model"]["checkpoint_digest"] == checkpoint_digest(path)
 
 

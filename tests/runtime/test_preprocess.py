@@ -57,3 +57,40 @@ def test_disagreement_bounds_the_mean_and_the_largest_pixel_gap():
     spike = host.copy()
     spike[0, 1, 100, 100] += 0.09
     assert disagreement(spike, host).endswith("max 0.090")  # one pixel past the max bound
+
+
+def test_a_checkpoint_saved_through_its_processor_preprocesses_with_its_own_settings(tiny_vlm, tmp_path, photo):
+    """transformers 5's ``LlavaProcessor.save_pretrained`` writes ``processor_config.json`` only: the chain's loader
+    takes the nested image processor (48 px here, not the built-in default's 336) and makes transformers' pixels."""
+    from transformers import AutoImageProcessor
+
+    from hiprune.runtime.preprocess import load_image_processor
+
+    checkpoint = tiny_vlm(image_size=48, layout="processor")
+    empty_artifact = tmp_path / "artifact"
+    empty_artifact.mkdir()
+    processor = load_image_processor(empty_artifact, str(checkpoint))
+    want = AutoImageProcessor.from_pretrained(str(checkpoint))(images=photo(80, seed=4), return_tensors="np")
+    got = preprocess(processor, photo(80, seed=4), (1, 3, 48, 48))
+    np.testing.assert_array_equal(got, want["pixel_values"])
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "needle"),
+    [
+        ("processor_config.json", "{not json", "processor_config.json cannot be read"),
+        ("preprocessor_config.json", "[1, 2]", "preprocessor_config.json holds no image processor settings"),
+        ("tokenizer_config.json", "{}", "no preprocessor_config.json or processor_config.json in artifact"),
+    ],
+)
+def test_a_missing_or_broken_processor_file_is_one_line_naming_it(tmp_path, name, text, needle):
+    from hiprune.errors import CheckpointError
+    from hiprune.runtime.preprocess import load_image_processor
+
+    checkpoint = tmp_path / "ckpt"
+    checkpoint.mkdir()
+    (checkpoint / name).write_text(text)
+    with pytest.raises(CheckpointError) as caught:
+        load_image_processor(tmp_path, str(checkpoint))
+    message = str(caught.value)
+    assert needle in message and "\n" not in message
